@@ -1,0 +1,455 @@
+"""Configuration: CherryPy's dicts and INI files, read safely, checked at start-up.
+
+Config comes as a dict or an INI file with ``[global]`` and ``[/path]`` sections. Keys are
+namespaced (``engine.``, ``server.``, ``tools.``, ``request.``, ``response.``, ``log.``,
+``error_page.``, ``hub.``). Values in files are Python literals plus arithmetic
+(``60 * 60``), read by a small evaluator that accepts no names, calls, attributes or
+imports.
+
+Every key rtserver reads is declared once with :func:`declare`, next to the code that
+reads it; ``docs/config.md`` is generated from those declarations
+(``python -m rtserver.config``) and a test keeps it current.
+"""
+
+from __future__ import annotations
+
+import ast
+import configparser
+import operator
+import os
+import re
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import ConfigError
+
+__all__ = [
+    "Key",
+    "declare",
+    "declared",
+    "NAMESPACES",
+    "literal",
+    "read_file",
+    "normalize",
+    "check_key",
+    "Config",
+    "markdown",
+]
+
+#: Namespaces accepted in config; any other fails at start-up with the key named.
+NAMESPACES = (
+    "engine",
+    "server",
+    "tools",
+    "request",
+    "response",
+    "log",
+    "error_page",
+    "hub",
+    "checker",
+)
+
+
+@dataclass(frozen=True)
+class Key:
+    """A declared config key: its name, default, meaning and optional checker."""
+
+    name: str
+    default: Any
+    doc: str
+    check: Callable[[Any], Any] | None = None
+    scope: str = "global"  # "global" ([global] only), "app" (any section), "server"
+
+    def coerce(self, value: Any, where: str = "") -> Any:
+        """Return ``value`` checked (and converted) by the key's checker."""
+        if self.check is None:
+            return value
+        try:
+            return self.check(value)
+        except ConfigError:
+            raise
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"{where}{self.name} = {value!r}: {exc}") from None
+
+
+_KEYS: dict[str, Key] = {}
+# Patterns for families of keys: "server.NAME.*" for extra servers, "tools.NAME.ARG",
+# "error_page.CODE". Each maps a regex to a doc line for docs/config.md.
+_PATTERNS: dict[str, tuple[re.Pattern[str], str]] = {}
+
+
+def declare(
+    name: str,
+    default: Any,
+    doc: str,
+    check: Callable[[Any], Any] | None = None,
+    scope: str = "app",
+) -> Key:
+    """Declare config key ``name`` with its ``default`` and a one-line ``doc``.
+
+    Declaring the same key twice with the same default is allowed (module reloads);
+    with another default it is a programming error.
+    """
+    ns = name.split(".", 1)[0]
+    if ns not in NAMESPACES:
+        raise ValueError(f"config key {name!r} is outside the known namespaces")
+    key = Key(name, default, doc, check, scope)
+    old = _KEYS.get(name)
+    if old is not None and old.default != default:
+        raise ValueError(f"config key {name!r} declared twice with different defaults")
+    _KEYS[name] = key
+    return key
+
+
+def declare_pattern(pattern: str, doc: str) -> None:
+    """Declare a family of keys by regex (e.g. ``error_page\\.\\d{3}``)."""
+    _PATTERNS[pattern] = (re.compile(pattern + r"\Z"), doc)
+
+
+def declared() -> dict[str, Key]:
+    """All declared keys by name (a copy)."""
+    return dict(_KEYS)
+
+
+def default(name: str) -> Any:
+    """The declared default of ``name``."""
+    return _KEYS[name].default
+
+
+# ---------------------------------------------------------------------------
+# Safe literal evaluator
+
+_BINOPS: dict[type, Callable[[Any, Any], Any]] = {
+    ast.Add: operator.add,
+    ast.Sub: operator.sub,
+    ast.Mult: operator.mul,
+    ast.Div: operator.truediv,
+    ast.FloorDiv: operator.floordiv,
+    ast.Mod: operator.mod,
+    ast.Pow: operator.pow,
+}
+_UNARY: dict[type, Callable[[Any], Any]] = {
+    ast.UAdd: operator.pos,
+    ast.USub: operator.neg,
+    ast.Not: operator.not_,
+}
+_MAX_POWER = 1 << 16  # 2 ** 65536 is plenty for a config file and cannot hang us
+_MAX_LITERAL_LEN = 64 * 1024
+
+
+def literal(text: str) -> Any:
+    """Evaluate ``text`` as a Python literal with arithmetic, never anything else.
+
+    Accepted: numbers, strings, bytes, True/False/None, tuples, lists, dicts, sets,
+    unary and binary arithmetic (``60 * 60``), comparisons are not. Names, calls,
+    attributes, subscripts, lambdas and comprehensions raise ``ValueError``.
+    """
+    if len(text) > _MAX_LITERAL_LEN:
+        raise ValueError("value is too long")
+    try:
+        tree = ast.parse(text.strip(), mode="eval")
+    except SyntaxError as exc:
+        raise ValueError(f"not a Python literal ({exc.msg})") from None
+    return _eval(tree.body)
+
+
+def _eval(node: ast.AST) -> Any:
+    if isinstance(node, ast.Constant):
+        return node.value
+    if isinstance(node, ast.Tuple):
+        return tuple(_eval(e) for e in node.elts)
+    if isinstance(node, ast.List):
+        return [_eval(e) for e in node.elts]
+    if isinstance(node, ast.Set):
+        return {_eval(e) for e in node.elts}
+    if isinstance(node, ast.Dict):
+        if any(k is None for k in node.keys):
+            raise ValueError("'**' is not allowed in config values")
+        return {_eval(k): _eval(v) for k, v in zip(node.keys, node.values)}  # type: ignore[arg-type]
+    if isinstance(node, ast.UnaryOp) and type(node.op) in _UNARY:
+        return _UNARY[type(node.op)](_number(_eval(node.operand)))
+    if isinstance(node, ast.BinOp) and type(node.op) in _BINOPS:
+        left, right = _eval(node.left), _eval(node.right)
+        if isinstance(node.op, ast.Pow):
+            _number(left)
+            if abs(_number(right)) > _MAX_POWER:
+                raise ValueError("exponent too large")
+        elif isinstance(node.op, ast.Mult):
+            for a, b in ((left, right), (right, left)):
+                if isinstance(a, (str, bytes, list, tuple)) and isinstance(b, int):
+                    if len(a) * b > _MAX_LITERAL_LEN:
+                        raise ValueError("value is too long")
+        try:
+            return _BINOPS[type(node.op)](left, right)
+        except (TypeError, ZeroDivisionError, OverflowError) as exc:
+            raise ValueError(str(exc)) from None
+    if isinstance(node, ast.Name):
+        raise ValueError(f"names are not allowed in config values ({node.id!r})")
+    if isinstance(node, ast.Call):
+        raise ValueError("calls are not allowed in config values")
+    raise ValueError(f"{type(node).__name__} is not allowed in config values")
+
+
+def _number(value: Any) -> Any:
+    if isinstance(value, bool) or not isinstance(value, (int, float, complex)):
+        raise ValueError(f"arithmetic on a non-number ({value!r})")
+    return value
+
+
+# ---------------------------------------------------------------------------
+# Files and dicts
+
+
+def read_file(filename: str | os.PathLike[str]) -> dict[str, dict[str, Any]]:
+    """Read an INI config file into ``{section: {key: value}}``.
+
+    Sections are ``[global]`` and ``[/path]``; ``key = value`` and ``key: value`` both
+    work; values are read by :func:`literal`. Errors name file, section and key.
+    """
+    parser = configparser.ConfigParser(interpolation=None, delimiters=("=", ":"))
+    parser.optionxform = str  # type: ignore[assignment,method-assign]  # keys are case-sensitive
+    try:
+        with open(filename, encoding="utf-8") as fh:
+            parser.read_file(fh)
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {os.fspath(filename)!r}: {exc}") from None
+    except configparser.Error as exc:
+        raise ConfigError(f"{os.fspath(filename)}: {exc}") from None
+    result: dict[str, dict[str, Any]] = {}
+    for section in parser.sections():
+        values: dict[str, Any] = {}
+        for key, raw in parser.items(section, raw=True):
+            try:
+                values[key] = literal(raw)
+            except ValueError as exc:
+                raise ConfigError(
+                    f"{os.fspath(filename)}, section [{section}], key {key!r}: "
+                    f"{raw!r} is not a valid value: {exc}"
+                ) from None
+        result[section] = values
+    return result
+
+
+def normalize(config: Any) -> dict[str, dict[str, Any]]:
+    """Turn a dict, a filename or None into ``{section: {key: value}}``.
+
+    A flat dict of namespaced keys (``{'server.socket_port': 8090}``) is taken as the
+    ``global`` section, as ``rtserver.config.update`` does in CherryPy.
+    """
+    if config is None:
+        return {}
+    if isinstance(config, (str, os.PathLike)):
+        return read_file(config)
+    if not isinstance(config, Mapping):
+        raise ConfigError(f"config must be a dict or a filename, not {type(config).__name__}")
+    sections: dict[str, dict[str, Any]] = {}
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        if isinstance(value, Mapping) and (key == "global" or str(key).startswith("/")):
+            sections.setdefault(key, {}).update(value)
+        elif isinstance(value, Mapping) and "." not in str(key):
+            raise ConfigError(f"config section {key!r} must be 'global' or start with '/'")
+        else:
+            flat[key] = value
+    if flat:
+        sections.setdefault("global", {}).update(flat)
+    return sections
+
+
+def check_key(name: str, value: Any, where: str = "") -> Any:
+    """Check one ``name = value``; return the coerced value or raise ConfigError.
+
+    Tool keys (``tools.NAME.ARG``) are checked by the tools layer, which knows the tools;
+    here we check the namespace and declared keys and patterns.
+    """
+    ns = name.split(".", 1)[0]
+    if "." not in name or ns not in NAMESPACES:
+        raise ConfigError(
+            f"{where}unknown config namespace in key {name!r} "
+            f"(known: {', '.join(NAMESPACES)})"
+        )
+    key = _KEYS.get(name)
+    if key is not None:
+        return key.coerce(value, where)
+    if ns == "tools":
+        return value
+    for regex, _doc in _PATTERNS.values():
+        if regex.match(name):
+            return value
+    raise ConfigError(f"{where}unknown config key {name!r}")
+
+
+class Config(dict[str, Any]):
+    """The global config: ``rtserver.config.update({...})`` or ``.update('file.conf')``.
+
+    Holds the ``[global]`` keys (flat). Listeners (the engine, servers) are told of
+    changes through :meth:`on_update`.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._listeners: list[Callable[[dict[str, Any]], None]] = []
+
+    def update(self, config: Any = None, **kwargs: Any) -> None:  # type: ignore[override]
+        """Merge a dict, a filename, or keyword keys into the global config."""
+        sections = normalize(config)
+        values = dict(sections.pop("global", {}))
+        values.update(kwargs)
+        for section in sections:
+            # Path sections given to the global config apply to the root app in
+            # CherryPy; we refuse them rather than guess.
+            raise ConfigError(
+                f"section [{section}] belongs in an application config "
+                "(tree.mount(root, '/', config)), not rtserver.config"
+            )
+        checked = {k: check_key(k, v, "global config: ") for k, v in values.items()}
+        super().update(checked)
+        for listener in list(self._listeners):
+            listener(checked)
+
+    def on_update(self, listener: Callable[[dict[str, Any]], None]) -> None:
+        """Call ``listener(changed_keys)`` after every update."""
+        self._listeners.append(listener)
+
+    def get_key(self, name: str) -> Any:
+        """The configured value of ``name``, or its declared default."""
+        if name in self:
+            return self[name]
+        return _KEYS[name].default
+
+    def reset(self) -> None:
+        """Forget every configured value (tests)."""
+        self.clear()
+
+    def namespace(self, ns: str) -> Iterator[tuple[str, Any]]:
+        """``(rest, value)`` for every configured key in namespace ``ns``."""
+        prefix = ns + "."
+        for key, value in self.items():
+            if key.startswith(prefix):
+                yield key[len(prefix) :], value
+
+
+# ---------------------------------------------------------------------------
+# Checkers used by declarations
+
+
+def as_bool(value: Any) -> bool:
+    """A bool from True/False or the strings 'true'/'false'/'on'/'off'/'1'/'0'."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "on", "yes", "1"):
+        return True
+    if isinstance(value, str) and value.lower() in ("false", "off", "no", "0"):
+        return False
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    raise ValueError("expected True or False")
+
+
+def positive(value: Any) -> float:
+    """A number > 0."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        raise ValueError("expected a number greater than 0")
+    return value
+
+
+def non_negative(value: Any) -> float:
+    """A number >= 0."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        raise ValueError("expected a number of 0 or more")
+    return value
+
+
+def optional_positive(value: Any) -> float | None:
+    """None, or a number > 0."""
+    return None if value is None else positive(value)
+
+
+def port(value: Any) -> int:
+    """A TCP port number (0 picks a free one)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 65535:
+        raise ValueError("expected a port number from 0 to 65535")
+    return value
+
+
+def string(value: Any) -> str:
+    """A str."""
+    if not isinstance(value, str):
+        raise ValueError("expected a string")
+    return value
+
+
+def optional_string(value: Any) -> str | None:
+    """None or a str."""
+    return None if value is None else string(value)
+
+
+def markdown() -> str:
+    """The config reference (docs/config.md) as Markdown, from the declarations."""
+    lines = [
+        "# Configuration reference",
+        "",
+        "Generated from the declarations in the code by `python -m rtserver.config`;",
+        "a test fails when this file is out of date. Values in INI files are Python",
+        "literals with arithmetic (`60 * 60`). `[global]` keys apply to the process;",
+        "keys marked *app* may also be set per path (`[/path]`) or on a handler",
+        "(`_rt_config`). Unknown keys fail at start-up with the key named.",
+        "",
+    ]
+    by_ns: dict[str, list[Key]] = {}
+    for key in _KEYS.values():
+        by_ns.setdefault(key.name.split(".", 1)[0], []).append(key)
+    for ns in NAMESPACES:
+        keys = sorted(by_ns.get(ns, []), key=lambda k: k.name)
+        patterns = [(p, d) for p, (_r, d) in _PATTERNS.items() if p.startswith(ns)]
+        if not keys and not patterns:
+            continue
+        lines += [f"## `{ns}`", "", "| key | default | scope | meaning |", "| --- | --- | --- | --- |"]
+        for key in keys:
+            dflt = _format_default(key.default)
+            doc = key.doc.replace("|", "\\|").replace("\n", " ")
+            lines.append(f"| `{key.name}` | {dflt} | {key.scope} | {doc} |")
+        for pattern, doc in sorted(patterns):
+            shown = pattern.replace("\\.", ".").replace("\\d{3}", "NNN")
+            shown = shown.replace("[A-Za-z_][A-Za-z0-9_]*", "NAME").replace("\\|", "|")
+            lines.append(f"| `{shown}` | | | {doc.replace('|', chr(92) + '|')} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _format_default(value: Any) -> str:
+    if isinstance(value, type):
+        return f"`{value.__module__}.{value.__qualname__}`"
+    text = repr(value)
+    if len(text) > 60:
+        text = text[:57] + "..."
+    return "`" + text.replace("|", "\\|") + "`"
+
+
+#: The process-wide config (``rtserver.config``): the ``[global]`` keys.
+global_config = Config()
+
+
+def load_all() -> None:
+    """Import every module that declares keys, so the registry is complete."""
+    import importlib
+
+    for module in _DECLARING_MODULES:
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:  # an optional extra (redis) is missing
+            if "redis" not in str(exc):
+                raise
+
+
+_DECLARING_MODULES: list[str] = ["rtserver"]
+
+
+if __name__ == "__main__":
+    import importlib
+
+    # Run as a script this file is __main__; the declarations live in the package's copy.
+    _module = importlib.import_module("rtserver.config")
+    _module.load_all()
+    print(_module.markdown())

@@ -1,0 +1,219 @@
+"""The built-in tools and the toolbox ``rtserver.tools``.
+
+``trailing_slash`` (on by default), ``secureheaders``, ``staticdir``, ``staticfile``,
+``json_in``, ``json_out``, ``gzip``, ``allow``, ``response_headers``, ``proxy``.
+Sessions, CSRF and the WebSocket upgrade register themselves from their own modules.
+"""
+
+from __future__ import annotations
+
+import gzip as _gzip
+import json
+import zlib
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
+
+from ..errors import HTTPError, HTTPRedirect
+from .context import current_request, current_response
+from .dispatch import call_handler
+from .static import staticdir, staticfile
+from .tools import HandlerTool, Tool, Toolbox
+
+__all__ = ["tools"]
+
+
+def trailing_slash(missing: bool = True, extra: bool = False, status: int | None = None, debug: bool = False) -> None:
+    """Redirect ``/dir`` to ``/dir/`` when the handler is an ``index`` (and, with
+    ``extra``, ``/page/`` to ``/page``), with 301 unless ``status`` says otherwise."""
+    request = current_request()
+    path = request.path_info
+    if request.is_index is True and missing and not path.endswith("/"):
+        raise HTTPRedirect(request.url(request.script_name + path + "/", request.query_string), status or 301)
+    if request.is_index is False and extra and path.endswith("/") and path != "/":
+        raise HTTPRedirect(request.url(request.script_name + path[:-1], request.query_string), status or 301)
+
+
+def secureheaders(
+    frame_options: str | None = "DENY",
+    content_type_options: str | None = "nosniff",
+    csp: str | None = "default-src 'self'",
+    referrer_policy: str | None = "strict-origin-when-cross-origin",
+    hsts: str | None = "max-age=31536000",
+) -> None:
+    """Security headers on every response. Strict-Transport-Security only on requests
+    that came over TLS (RFC 6797 §7.2: never over plain HTTP). Set an argument to None
+    to leave that header out. Note ``default-src 'self'`` (quoted keyword) is valid CSP;
+    the guide's ``default-src='self'`` is not."""
+    request = current_request()
+    headers = current_response().headers
+    for name, value in (
+        ("X-Frame-Options", frame_options),
+        ("X-Content-Type-Options", content_type_options),
+        ("Content-Security-Policy", csp),
+        ("Referrer-Policy", referrer_policy),
+    ):
+        if value and name not in headers:
+            headers[name] = value
+    if hsts and request.scheme == "https":
+        headers["Strict-Transport-Security"] = hsts
+
+
+def json_in(content_type: str | Sequence[str] = ("application/json", "text/javascript"), force: bool = True, debug: bool = False) -> None:
+    """Decode a JSON body into ``request.json`` (415 for another media type when
+    ``force``, 400 for malformed JSON)."""
+    request = current_request()
+    body = request.body
+    if not body.has_body:
+        return
+    types = [content_type] if isinstance(content_type, str) else list(content_type)
+    media = body.content_type.partition(";")[0].strip().lower()
+    if media not in types:
+        if force:
+            raise HTTPError(415, f"Expected a body of type {', '.join(types)}.")
+        return
+    body.processed = True  # not a form
+    raw = body.fullvalue()
+    try:
+        request.json = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        raise HTTPError(400, "Invalid JSON document.") from None
+
+
+def json_out(content_type: str = "application/json", debug: bool = False, handler: Any = None) -> None:
+    """Encode the handler's result (any JSON-able value) as the JSON response body."""
+    request = current_request()
+    inner = request.handler
+    if inner is None:
+        return
+
+    def json_handler(*args: Any, **kwargs: Any) -> bytes:
+        body_params = request._body.params if request._body is not None else {}
+        value = call_handler(inner, args, kwargs, body_params, request.show_mismatched_params)
+        if handler is not None:
+            return handler(value)  # type: ignore[no-any-return]
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+    request.handler = json_handler
+    current_response().headers["Content-Type"] = content_type
+
+
+_GZIP_TYPES = ("text/html", "text/plain", "text/css", "application/javascript", "text/javascript", "application/json", "image/svg+xml")
+
+
+def gzip(compress_level: int = 5, mime_types: Sequence[str] = _GZIP_TYPES, min_size: int = 256, debug: bool = False) -> None:
+    """Gzip the response body when the client accepts it and the type is compressible."""
+    request = current_request()
+    response = current_response()
+    headers = response.headers
+    vary = headers.get("Vary")
+    if not vary:
+        headers["Vary"] = "Accept-Encoding"
+    elif "accept-encoding" not in vary.lower():
+        headers["Vary"] = vary + ", Accept-Encoding"
+    code = int(str(response.status).split(" ", 1)[0])
+    if code < 200 or code in (204, 206, 304) or "Content-Encoding" in headers:
+        return
+    media = headers.get("Content-Type", "").partition(";")[0].strip().lower()
+    if media not in mime_types:
+        return
+    if not _accepts_gzip(request.headers.get("Accept-Encoding", "")):
+        return
+    if response.body_is_buffered and not response.stream:
+        data = b"".join(response.body)
+        if len(data) < min_size:
+            return
+        response.body = _gzip.compress(data, compress_level, mtime=0)
+    else:
+        headers.pop("Content-Length", None)
+        response.body = _gzip_stream(response.body, compress_level)
+    headers["Content-Encoding"] = "gzip"
+    headers.pop("Content-Md5", None)
+
+
+def _accepts_gzip(value: str) -> bool:
+    for item in value.split(","):
+        coding, _, params = item.strip().partition(";")
+        if coding.strip().lower() in ("gzip", "x-gzip", "*"):
+            q = params.strip()
+            if q.startswith("q="):
+                try:
+                    return float(q[2:]) > 0
+                except ValueError:
+                    return False
+            return True
+    return False
+
+
+def _gzip_stream(body: Iterable[bytes], level: int) -> Iterator[bytes]:
+    compressor = zlib.compressobj(level, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    try:
+        for chunk in body:
+            out = compressor.compress(chunk)
+            if out:
+                yield out
+        yield compressor.flush()
+    finally:
+        close = getattr(body, "close", None)
+        if close is not None:
+            close()
+
+
+def allow(methods: Sequence[str] = ("GET", "HEAD"), debug: bool = False) -> None:
+    """405 Method Not Allowed (with an Allow header) for any other method."""
+    allowed = [m.upper() for m in ([methods] if isinstance(methods, str) else methods)]
+    if "GET" in allowed and "HEAD" not in allowed:
+        allowed.append("HEAD")
+    request = current_request()
+    if request.method not in allowed:
+        current_response().headers["Allow"] = ", ".join(allowed)
+        raise HTTPError(405)
+
+
+def response_headers(headers: Sequence[tuple[str, str]] | dict[str, str] = (), force: bool = True, debug: bool = False) -> None:
+    """Set the given headers on the response."""
+    target = current_response().headers
+    items = headers.items() if isinstance(headers, dict) else headers
+    for name, value in items:
+        if force or name not in target:
+            target[name] = value
+
+
+def proxy(base: str | None = None, local: str = "X-Forwarded-Host", remote: str = "X-Forwarded-For", scheme: str = "X-Forwarded-Proto", trusted: Sequence[str] | None = None, debug: bool = False) -> None:
+    """Behind a reverse proxy: take scheme, host and client address from its headers.
+
+    Only turn this on behind a proxy you control: the headers are believed as sent.
+    With ``trusted`` (a list of proxy addresses), they are believed only from those.
+    """
+    request = current_request()
+    env = request.wsgi_environ
+    if trusted is not None and env.get("REMOTE_ADDR") not in trusted:
+        return
+    headers = request.headers
+    proto = headers.get(scheme) if scheme else None
+    if proto:
+        proto = proto.split(",")[0].strip().lower()
+        if proto in ("http", "https"):
+            env["wsgi.url_scheme"] = request.scheme = proto
+    if base:
+        env["HTTP_HOST"] = base.split("://", 1)[-1]
+    elif local:
+        host = headers.get(local)
+        if host:
+            env["HTTP_HOST"] = host.split(",")[0].strip()
+    if remote:
+        forwarded = headers.get(remote)
+        if forwarded:
+            env["REMOTE_ADDR"] = forwarded.split(",")[0].strip()
+
+
+tools = Toolbox()
+tools.trailing_slash = Tool("before_handler", trailing_slash, priority=20)
+tools.secureheaders = Tool("before_finalize", secureheaders, priority=60)
+tools.json_in = Tool("before_request_body", json_in, priority=30)
+tools.json_out = Tool("before_handler", json_out, priority=30)
+tools.gzip = Tool("before_finalize", gzip, priority=90)
+tools.allow = Tool("on_start_resource", allow)
+tools.response_headers = Tool("on_start_resource", response_headers)
+tools.proxy = Tool("before_request_body", proxy, priority=30)
+tools.staticdir = HandlerTool(staticdir)
+tools.staticfile = HandlerTool(staticfile)
