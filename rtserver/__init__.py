@@ -67,6 +67,7 @@ __all__ = [
     "Tool",
     "Toolbox",
     "Tree",
+    "__version__",
     "config",
     "engine",
     "errors",
@@ -79,5 +80,4 @@ __all__ = [
     "tools",
     "tree",
     "url",
-    "__version__",
 ]

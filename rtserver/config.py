@@ -8,7 +8,7 @@ imports.
 
 Every key rtserver reads is declared once with :func:`declare`, next to the code that
 reads it; ``docs/config.md`` is generated from those declarations
-(``python -m rtserver.config``) and a test keeps it current.
+(``python -m rtserver.configref``) and a test keeps it current.
 """
 
 from __future__ import annotations
@@ -25,16 +25,16 @@ from typing import Any
 from .errors import ConfigError
 
 __all__ = [
+    "NAMESPACES",
+    "Config",
     "Key",
+    "check_key",
     "declare",
     "declared",
-    "NAMESPACES",
     "literal",
-    "read_file",
-    "normalize",
-    "check_key",
-    "Config",
     "markdown",
+    "normalize",
+    "read_file",
 ]
 
 #: Namespaces accepted in config; any other fails at start-up with the key named.
@@ -166,7 +166,7 @@ def _eval(node: ast.AST) -> Any:
     if isinstance(node, ast.Dict):
         if any(k is None for k in node.keys):
             raise ValueError("'**' is not allowed in config values")
-        return {_eval(k): _eval(v) for k, v in zip(node.keys, node.values)}  # type: ignore[arg-type]
+        return {_eval(k): _eval(v) for k, v in zip(node.keys, node.values, strict=True)}  # type: ignore[arg-type]
     if isinstance(node, ast.UnaryOp) and type(node.op) in _UNARY:
         return _UNARY[type(node.op)](_number(_eval(node.operand)))
     if isinstance(node, ast.BinOp) and type(node.op) in _BINOPS:
@@ -224,8 +224,7 @@ def read_file(filename: str | os.PathLike[str]) -> dict[str, dict[str, Any]]:
                 values[key] = literal(raw)
             except ValueError as exc:
                 raise ConfigError(
-                    f"{os.fspath(filename)}, section [{section}], key {key!r}: "
-                    f"{raw!r} is not a valid value: {exc}"
+                    f"{os.fspath(filename)}, section [{section}], key {key!r}: {raw!r} is not a valid value: {exc}"
                 ) from None
         result[section] = values
     return result
@@ -265,10 +264,7 @@ def check_key(name: str, value: Any, where: str = "") -> Any:
     """
     ns = name.split(".", 1)[0]
     if "." not in name or ns not in NAMESPACES:
-        raise ConfigError(
-            f"{where}unknown config namespace in key {name!r} "
-            f"(known: {', '.join(NAMESPACES)})"
-        )
+        raise ConfigError(f"{where}unknown config namespace in key {name!r} (known: {', '.join(NAMESPACES)})")
     key = _KEYS.get(name)
     if key is not None:
         return key.coerce(value, where)
@@ -390,7 +386,7 @@ def markdown() -> str:
     lines = [
         "# Configuration reference",
         "",
-        "Generated from the declarations in the code by `python -m rtserver.config`;",
+        "Generated from the declarations in the code by `python -m rtserver.configref`;",
         "a test fails when this file is out of date. Values in INI files are Python",
         "literals with arithmetic (`60 * 60`). `[global]` keys apply to the process;",
         "keys marked *app* may also be set per path (`[/path]`) or on a handler",
@@ -415,7 +411,13 @@ def markdown() -> str:
             shown = shown.replace("[A-Za-z_][A-Za-z0-9_]*", "NAME").replace("\\|", "|")
             lines.append(f"| `{shown}` | | | {doc.replace('|', chr(92) + '|')} |")
         lines.append("")
+    for section in _DOC_SECTIONS:
+        lines.append(section())
     return "\n".join(lines)
+
+
+#: Extra generated sections of docs/config.md (the tools register theirs).
+_DOC_SECTIONS: list[Callable[[], str]] = []
 
 
 def _format_default(value: Any) -> str:
@@ -444,12 +446,3 @@ def load_all() -> None:
 
 
 _DECLARING_MODULES: list[str] = ["rtserver"]
-
-
-if __name__ == "__main__":
-    import importlib
-
-    # Run as a script this file is __main__; the declarations live in the package's copy.
-    _module = importlib.import_module("rtserver.config")
-    _module.load_all()
-    print(_module.markdown())

@@ -12,17 +12,17 @@ import urllib.parse
 from collections.abc import Iterable, Sequence
 
 __all__ = [
-    "RTServerError",
+    "BrokerUnavailable",
     "ConfigError",
     "HTTPError",
-    "NotFound",
     "HTTPRedirect",
-    "InternalRedirect",
-    "TimeoutError",
     "HandshakeError",
     "HubError",
-    "BrokerUnavailable",
+    "InternalRedirect",
+    "NotFound",
+    "RTServerError",
     "SessionLockTimeout",
+    "TimeoutError",
     "status_line",
 ]
 
@@ -54,7 +54,7 @@ class ConfigError(RTServerError, ValueError):
     """A config value or key is wrong; the message names the key (and file, section)."""
 
 
-class TimeoutError(RTServerError):  # noqa: A001 - CherryPy's public name
+class TimeoutError(RTServerError):
     """The response ran past ``response.timeout``; answered with 503."""
 
 

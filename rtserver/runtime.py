@@ -30,18 +30,47 @@ from .servers.base import Server
 from .web.app import Application, Tree
 from .web.builtin_tools import tools
 
-__all__ = ["engine", "tree", "server", "config", "tools", "quickstart", "Engine"]
+__all__ = ["Engine", "config", "engine", "quickstart", "server", "tools", "tree"]
 
-declare("engine.timeout_monitor.on", True, "Run the timeout monitor, which checks every request in flight against response.timeout.", as_bool, scope="global")
-declare("engine.timeout_monitor.frequency", 60, "Seconds between two checks of the timeout monitor.", positive, scope="global")
-declare("engine.timeout_monitor.interrupt", True, "Interrupt a timed-out request at its next blocking point and answer 503 (gevent server; CherryPy could only flag it).", as_bool, scope="global")
-declare("engine.autoreload.on", False, "Accepted for CherryPy compatibility; rtserver has no code autoreloader (use your process manager).", as_bool, scope="global")
-declare("engine.pidfile", None, "Write the process id to this file while the engine runs.", optional_string, scope="global")
+declare(
+    "engine.timeout_monitor.on",
+    True,
+    "Run the timeout monitor, which checks every request in flight against response.timeout.",
+    as_bool,
+    scope="global",
+)
+declare(
+    "engine.timeout_monitor.frequency",
+    60,
+    "Seconds between two checks of the timeout monitor.",
+    positive,
+    scope="global",
+)
+declare(
+    "engine.timeout_monitor.interrupt",
+    True,
+    "Interrupt a timed-out request at its next blocking point and answer 503 (gevent server; CherryPy could only flag it).",
+    as_bool,
+    scope="global",
+)
+declare(
+    "engine.autoreload.on",
+    False,
+    "Accepted for CherryPy compatibility; rtserver has no code autoreloader (use your process manager).",
+    as_bool,
+    scope="global",
+)
+declare(
+    "engine.pidfile", None, "Write the process id to this file while the engine runs.", optional_string, scope="global"
+)
 declare("log.screen", True, "Write the access and error logs to stderr.", as_bool, scope="global")
 declare("log.access_file", "", "File the access log (Combined Log Format) is appended to.", string, scope="global")
 declare("log.error_file", "", "File the error log is appended to.", string, scope="global")
 declare("log.level", "INFO", "Level of the rtserver loggers (DEBUG, INFO, WARNING, ERROR).", string, scope="global")
-declare_pattern(r"server\.[A-Za-z_][A-Za-z0-9_]*\.[a-z_]+", "Any server.* key under a NAME creates (or configures) the extra server NAME, e.g. server.admin.socket_port.")
+declare_pattern(
+    r"server\.[A-Za-z_][A-Za-z0-9_]*\.[a-z_]+",
+    "Any server.* key under a NAME creates (or configures) the extra server NAME, e.g. server.admin.socket_port.",
+)
 
 config = global_config
 
@@ -202,4 +231,4 @@ def quickstart(root: Any = None, script_name: str = "", config: Any = None) -> N
     engine.block()
 
 
-__all__ += ["servers", "Application"]
+__all__ += ["Application", "servers"]

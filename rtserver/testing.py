@@ -21,7 +21,7 @@ from typing import Any
 
 from . import runtime
 
-__all__ = ["serve", "TestServer"]
+__all__ = ["TestServer", "serve"]
 
 
 class TestServer:
@@ -80,11 +80,19 @@ class TestServer:
         finally:
             conn.close()
 
-    def get(self, path: str, headers: dict[str, str] | None = None, timeout: float = 10) -> tuple[int, http.client.HTTPMessage, bytes]:
+    def get(
+        self, path: str, headers: dict[str, str] | None = None, timeout: float = 10
+    ) -> tuple[int, http.client.HTTPMessage, bytes]:
         """GET ``path``."""
         return self.request("GET", path, headers=headers, timeout=timeout)
 
-    def post(self, path: str, data: dict[str, str] | bytes | None = None, headers: dict[str, str] | None = None, json: Any = None) -> tuple[int, http.client.HTTPMessage, bytes]:
+    def post(
+        self,
+        path: str,
+        data: dict[str, str] | bytes | None = None,
+        headers: dict[str, str] | None = None,
+        json: Any = None,
+    ) -> tuple[int, http.client.HTTPMessage, bytes]:
         """POST a form (dict), raw bytes, or ``json``."""
         import urllib.parse
 
@@ -128,12 +136,25 @@ def serve(
     engine, tree, server, gconf = runtime.engine, runtime.tree, runtime.server, runtime.config
     saved_apps = dict(tree.apps)
     saved_conf = dict(gconf)
-    saved_server = {k: getattr(server, k) for k in ("socket_host", "socket_port", "socket_file", "kind", "ssl_certificate", "ssl_private_key", "ssl_certificate_chain")}
+    saved_server = {
+        k: getattr(server, k)
+        for k in (
+            "socket_host",
+            "socket_port",
+            "socket_file",
+            "kind",
+            "ssl_certificate",
+            "ssl_private_key",
+            "ssl_certificate_chain",
+        )
+    }
     saved_options = dict(server.options)
     tree.apps.clear()
     tree._reorder()
     try:
-        gconf.update({"server.socket_host": "127.0.0.1", "server.socket_port": 0, "log.screen": False, "server.kind": kind})
+        gconf.update(
+            {"server.socket_host": "127.0.0.1", "server.socket_port": 0, "log.screen": False, "server.kind": kind}
+        )
         if global_config:
             gconf.update(global_config)
         if root is not None:
@@ -150,6 +171,14 @@ def serve(
         tree.apps.clear()
         tree.apps.update(saved_apps)
         tree._reorder()
+        # Put back the declared defaults of keys the test set, so plugins (the
+        # timeout monitor's frequency, say) do not keep a test's values.
+        from .config import declared
+
+        keys = declared()
+        added = {k: keys[k].default for k in gconf if k not in saved_conf and k in keys}
+        restore = {**added, **saved_conf}
+        gconf.update(restore)
         gconf.clear()
         gconf.update(saved_conf)
         for key, value in saved_server.items():

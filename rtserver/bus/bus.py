@@ -20,7 +20,7 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["Bus", "States", "ChannelFailures"]
+__all__ = ["Bus", "ChannelFailures", "States"]
 
 log = logging.getLogger("rtserver.engine")
 

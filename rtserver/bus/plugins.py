@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 from .bus import Bus
 
-__all__ = ["SimplePlugin", "Monitor", "TimeoutMonitor", "SignalHandler", "PIDFile", "Timed"]
+__all__ = ["Monitor", "PIDFile", "SignalHandler", "SimplePlugin", "Timed", "TimeoutMonitor"]
 
 log = logging.getLogger("rtserver.engine")
 
@@ -151,7 +151,9 @@ class SignalHandler:
             "SIGUSR1": self.bus.graceful,
         }
         self.signals = {
-            getattr(_signal, name): name for name in dir(_signal) if name.startswith("SIG") and not name.startswith("SIG_")
+            getattr(_signal, name): name
+            for name in dir(_signal)
+            if name.startswith("SIG") and not name.startswith("SIG_")
         }
         self._previous: dict[int, Any] = {}
         self._console: Any = None
@@ -188,8 +190,13 @@ class SignalHandler:
         name = self.signals.get(signum, str(signum))
         self.bus.log(f"Caught signal {name}.")
         handler = self.handlers[name]
-        # Run outside the signal frame: under gevent the handler may switch greenlets.
-        threading.Thread(target=handler, name=f"signal-{name}", daemon=True).start()
+        # Run the action outside the signal frame. Under gevent the signal may be
+        # delivered inside the event loop, where nothing may block: spawn a greenlet.
+        gevent = sys.modules.get("gevent")
+        if gevent is not None:
+            gevent.spawn(handler)
+        else:
+            threading.Thread(target=handler, name=f"signal-{name}", daemon=True).start()
 
 
 class _ConsoleCtrlHandler:  # pragma: no cover - Windows only

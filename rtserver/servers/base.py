@@ -21,14 +21,46 @@ __all__ = ["Server", "ssl_context_from"]
 
 log = logging.getLogger("rtserver.error")
 
-declare("server.socket_host", "127.0.0.1", "Address to listen on ('0.0.0.0' or '::' for every interface).", string, scope="server")
+declare(
+    "server.socket_host",
+    "127.0.0.1",
+    "Address to listen on ('0.0.0.0' or '::' for every interface).",
+    string,
+    scope="server",
+)
 declare("server.socket_port", 8080, "TCP port to listen on (0 picks a free one).", port, scope="server")
-declare("server.socket_file", None, "Path of a Unix domain socket to listen on instead of TCP.", optional_string, scope="server")
-declare("server.ssl_certificate", None, "PEM certificate file: serve https and wss when set with ssl_private_key.", optional_string, scope="server")
+declare(
+    "server.socket_file",
+    None,
+    "Path of a Unix domain socket to listen on instead of TCP.",
+    optional_string,
+    scope="server",
+)
+declare(
+    "server.ssl_certificate",
+    None,
+    "PEM certificate file: serve https and wss when set with ssl_private_key.",
+    optional_string,
+    scope="server",
+)
 declare("server.ssl_private_key", None, "PEM private key file of ssl_certificate.", optional_string, scope="server")
-declare("server.ssl_certificate_chain", None, "PEM file of intermediate certificates sent after ssl_certificate.", optional_string, scope="server")
-declare("server.shutdown_timeout", 5, "Seconds a stopping server waits for requests in flight.", positive, scope="server")
-declare("server.kind", "gevent", "Which HTTP server runs: 'gevent' (default), 'cheroot' (WSGI, threads) or 'native' (cheroot without WSGI).", string, scope="server")
+declare(
+    "server.ssl_certificate_chain",
+    None,
+    "PEM file of intermediate certificates sent after ssl_certificate.",
+    optional_string,
+    scope="server",
+)
+declare(
+    "server.shutdown_timeout", 5, "Seconds a stopping server waits for requests in flight.", positive, scope="server"
+)
+declare(
+    "server.kind",
+    "gevent",
+    "Which HTTP server runs: 'gevent' (default), 'cheroot' (WSGI, threads) or 'native' (cheroot without WSGI).",
+    string,
+    scope="server",
+)
 
 _ADAPTER_ATTRS = {
     "socket_host",

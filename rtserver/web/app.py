@@ -35,18 +35,41 @@ from .httputil import error_page_html
 from .request import Request, parse_query_string
 from .response import Response
 
-__all__ = ["Application", "Tree", "ForeignApp"]
+__all__ = ["Application", "ForeignApp", "Tree"]
 
 access_log = logging.getLogger("rtserver.access")
 error_log = logging.getLogger("rtserver.error")
 
-declare("request.show_tracebacks", False, "Show Python tracebacks on 500 error pages (development only: never in production).", as_bool)
-declare("request.show_mismatched_params", True, "Name the missing or unexpected parameters on the 404/400 page of a handler argument mismatch.", as_bool)
-declare("request.process_request_body", True, "Decode urlencoded and multipart bodies into handler keyword arguments.", as_bool)
+declare(
+    "request.show_tracebacks",
+    False,
+    "Show Python tracebacks on 500 error pages (development only: never in production).",
+    as_bool,
+)
+declare(
+    "request.show_mismatched_params",
+    True,
+    "Name the missing or unexpected parameters on the 404/400 page of a handler argument mismatch.",
+    as_bool,
+)
+declare(
+    "request.process_request_body",
+    True,
+    "Decode urlencoded and multipart bodies into handler keyword arguments.",
+    as_bool,
+)
 declare("request.methods_with_bodies", ("POST", "PUT", "PATCH", "DELETE"), "Methods whose body is read and decoded.")
 declare("response.timeout", 300, "Seconds a response may run before it counts as timed out (503).", positive)
-declare("response.stream", False, "Send a generator's chunks as they come (chunked encoding) instead of buffering them.", as_bool)
-declare_pattern(r"error_page\.(\d{3}|default)", "A file name (or a callable `f(status, message, traceback, version)` returning the page) used as the error page for that status; `default` for any status.")
+declare(
+    "response.stream",
+    False,
+    "Send a generator's chunks as they come (chunked encoding) instead of buffering them.",
+    as_bool,
+)
+declare_pattern(
+    r"error_page\.(\d{3}|default)",
+    "A file name (or a callable `f(status, message, traceback, version)` returning the page) used as the error page for that status; `default` for any status.",
+)
 declare_pattern(r"response\.headers\.[A-Za-z0-9-]+", "A response header set on every response of that path.")
 
 _CACHE_SIZE = 2048
@@ -56,7 +79,18 @@ _VERSION = "0.1.0"
 class _Resolved:
     """What dispatch and config give for one path: cached between requests."""
 
-    __slots__ = ("handler", "vpath", "is_index", "config", "hooks", "toolmaps", "request_attrs", "response_attrs", "extra_headers", "has_end_hooks")
+    __slots__ = (
+        "config",
+        "extra_headers",
+        "handler",
+        "has_end_hooks",
+        "hooks",
+        "is_index",
+        "request_attrs",
+        "response_attrs",
+        "toolmaps",
+        "vpath",
+    )
 
     def __init__(self) -> None:
         self.handler: Any = None
@@ -77,7 +111,9 @@ class Application:
     ``rtserver.Application(Root(), '/', config=conf)`` can be handed to any WSGI server.
     """
 
-    def __init__(self, root: Any, script_name: str = "", config: Any = None, toolbox: Any = None, global_config: Any = None) -> None:
+    def __init__(
+        self, root: Any, script_name: str = "", config: Any = None, toolbox: Any = None, global_config: Any = None
+    ) -> None:
         self.root = root
         self.script_name = script_name.rstrip("/")
         self.config: dict[str, dict[str, Any]] = {}
@@ -213,6 +249,25 @@ class Application:
     # -- WSGI -----------------------------------------------------------------
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        status, headers, body = self.handle(environ)
+        try:
+            start_response(status, headers)
+        except Exception:
+            error_log.error(
+                "start_response failed for %s %s",
+                environ.get("REQUEST_METHOD"),
+                environ.get("PATH_INFO"),
+                exc_info=True,
+            )
+            raise
+        return body
+
+    def handle(self, environ: dict[str, Any]) -> tuple[str, list[tuple[str, str]], Iterable[bytes]]:
+        """Serve one request without a WSGI call: ``(status, headers, body)`` to send.
+
+        The native server calls this; ``__call__`` wraps it for WSGI. Send the body,
+        then call its ``close()`` if it has one (on_end_request hooks, access log).
+        """
         request = Request(environ, self)
         response = Response(request)
         serving.set((request, response))
@@ -225,47 +280,47 @@ class Application:
             if monitor is not None:
                 monitor.untrack(response)
         status, headers = response.finalize()
-        try:
-            start_response(status, headers)
-        except Exception:
-            error_log.error("start_response failed for %s", request.request_line, exc_info=True)
-            raise
         body = response.body
         if request.method == "HEAD" and response.body_is_buffered:
             body = []
-        if request.hooks is not None and request.hooks["on_end_request"] or access_log.isEnabledFor(logging.INFO):
-            return _ClosingBody(body, request, response)
-        return body
+        if (request.hooks is not None and request.hooks["on_end_request"]) or access_log.isEnabledFor(logging.INFO):
+            return status, headers, _ClosingBody(body, request, response)
+        return status, headers, body
 
     def respond(self, request: Request, response: Response) -> None:
-        """Run the pipeline for ``request``, filling ``response`` (never raises)."""
+        """Run the pipeline for ``request``, filling ``response`` (never raises).
+
+        As CherryPy: an HTTPError or HTTPRedirect raised by a tool or the handler sets
+        its page and ``before_finalize`` still runs (so sessions are saved); an
+        unexpected exception runs ``before_error_response``/``after_error_response``.
+        """
         hooks: HookMap | None = None
         try:
             try:
-                r = self.resolve(request.path_info)
-                request.config = r.config
-                request.toolmaps = r.toolmaps
-                request.hooks = hooks = r.hooks.copy()
-                request.is_index = r.is_index
-                request.handler = r.handler if r.handler is not None else _not_found
-                for attr, value in r.request_attrs:
-                    setattr(request, attr, value)
-                for attr, value in r.response_attrs:
-                    setattr(response, attr, value)
-                for name, value in r.extra_headers:
-                    response.headers[name] = value
-                self._pipeline(request, response, r, hooks)
-            except errors.HTTPRedirect as redirect:
-                self._redirect(request, response, redirect)
-                if hooks is not None:
-                    hooks.run("before_finalize")
+                try:
+                    r = self.resolve(request.path_info)
+                    request.config = r.config
+                    request.toolmaps = r.toolmaps
+                    request.hooks = hooks = r.hooks.copy()
+                    request.is_index = r.is_index
+                    request.handler = r.handler if r.handler is not None else _not_found
+                    for attr, value in r.request_attrs:
+                        setattr(request, attr, value)
+                    for attr, value in r.response_attrs:
+                        setattr(response, attr, value)
+                    for name, value in r.extra_headers:
+                        response.headers[name] = value
+                    self._pipeline(request, response, r, hooks)
+                except (errors.HTTPRedirect, errors.HTTPError) as exc:
+                    self._set_http_exception(request, response, exc)
+                    if hooks is not None:
+                        hooks.run("before_finalize")
             finally:
                 if hooks is not None:
                     hooks.run("on_end_resource")
-        except errors.HTTPRedirect as redirect:
-            self._redirect(request, response, redirect)
-        except errors.HTTPError as exc:
-            self._error_response(request, response, exc.status, exc.message, hooks)
+        except (errors.HTTPRedirect, errors.HTTPError) as exc:
+            # raised by before_finalize or on_end_resource hooks
+            self._set_http_exception(request, response, exc)
         except errors.TimeoutError:
             self._error_response(request, response, "503 Service Unavailable", "The response timed out.", hooks)
         except (KeyboardInterrupt, SystemExit):
@@ -273,7 +328,22 @@ class Application:
         except Exception:
             error_log.error("Error in request %s", request.request_line, exc_info=True)
             tb = _traceback.format_exc() if request.show_tracebacks else ""
-            self._error_response(request, response, "500 Internal Server Error", "The server encountered an unexpected condition.", hooks, tb)
+            self._error_response(
+                request,
+                response,
+                "500 Internal Server Error",
+                "The server encountered an unexpected condition.",
+                hooks,
+                tb,
+            )
+
+    def _set_http_exception(
+        self, request: Request, response: Response, exc: errors.HTTPRedirect | errors.HTTPError
+    ) -> None:
+        if isinstance(exc, errors.HTTPRedirect):
+            self._redirect(request, response, exc)
+        else:
+            self._error_response(request, response, exc.status, exc.message, None)
 
     def _pipeline(self, request: Request, response: Response, r: _Resolved, hooks: HookMap) -> None:
         hooks.run("on_start_resource")
@@ -288,7 +358,9 @@ class Application:
                 for key, value in body.params.items():
                     if key in params:
                         old = params[key]
-                        params[key] = (old if isinstance(old, list) else [old]) + (value if isinstance(value, list) else [value])
+                        params[key] = (old if isinstance(old, list) else [old]) + (
+                            value if isinstance(value, list) else [value]
+                        )
                     else:
                         params[key] = value
         hooks.run("before_handler")
@@ -314,14 +386,20 @@ class Application:
 
         response.body = f'This resource can be found at <a href="{html.escape(urls[0])}">{html.escape(urls[0])}</a>.'
 
-    def _error_response(self, request: Request, response: Response, status: str, message: str, hooks: HookMap | None, tb: str = "") -> None:
+    def _error_response(
+        self, request: Request, response: Response, status: str, message: str, hooks: HookMap | None, tb: str = ""
+    ) -> None:
         try:
             if hooks is not None:
                 hooks.run("before_error_response")
         except Exception:
             error_log.error("Error in before_error_response hook", exc_info=True)
         _close_body(response)
-        keep = {k: v for k, v in response.headers.items() if k in ("Allow", "Retry-After", "Www-Authenticate", "Sec-Websocket-Version")}
+        keep = {
+            k: v
+            for k, v in response.headers.items()
+            if k in ("Allow", "Retry-After", "Www-Authenticate", "Sec-Websocket-Version")
+        }
         response.headers.clear()
         response.headers.update(keep)
         response.status = status
@@ -459,7 +537,11 @@ class ForeignApp:
             if started:
                 raise
             body = b"500 Internal Server Error"
-            start_response("500 Internal Server Error", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))], sys.exc_info())
+            start_response(
+                "500 Internal Server Error",
+                [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))],
+                sys.exc_info(),
+            )
             return [body]
 
 
@@ -474,7 +556,9 @@ class _ContainedIter:
                 # PEP 3333 says bytes; be lenient with str from old apps, as CherryPy is.
                 yield chunk.encode("latin-1") if isinstance(chunk, str) else chunk
         except Exception:
-            error_log.error("Error in grafted WSGI app at %r while streaming", self._app.script_name or "/", exc_info=True)
+            error_log.error(
+                "Error in grafted WSGI app at %r while streaming", self._app.script_name or "/", exc_info=True
+            )
             raise
 
     def close(self) -> None:
@@ -551,7 +635,9 @@ class Tree:
                 environ["PATH_INFO"] = path[len(name) :]
                 return app(environ, start_response)
         body = b"Nothing is mounted at this path."
-        start_response("404 Not Found", [("Content-Type", "text/plain;charset=utf-8"), ("Content-Length", str(len(body)))])
+        start_response(
+            "404 Not Found", [("Content-Type", "text/plain;charset=utf-8"), ("Content-Length", str(len(body)))]
+        )
         return [body]
 
 

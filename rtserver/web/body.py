@@ -14,7 +14,7 @@ from .. import errors
 if TYPE_CHECKING:
     from .request import Request
 
-__all__ = ["RequestBody", "Part"]
+__all__ = ["Part", "RequestBody"]
 
 _MAX_FORM_MEMORY = 8 * 1024 * 1024
 
@@ -112,9 +112,9 @@ class RequestBody:
 
         boundary = ""
         for option in options.split(";"):
-            key, _, value = option.strip().partition("=")
+            key, _, raw = option.strip().partition("=")
             if key.strip().lower() == "boundary":
-                boundary = value.strip().strip('"')
+                boundary = raw.strip().strip('"')
         if not boundary:
             raise errors.HTTPError(400, "multipart/form-data without a boundary")
         params: dict[str, Any] = {}
@@ -127,8 +127,9 @@ class RequestBody:
                 part_limit=1000,
             )
             for part in parser:
+                value: Any
                 if part.filename is not None:
-                    value: Any = Part(part.name, part.filename, part.content_type, part.file, part.size)
+                    value = Part(part.name, part.filename, part.content_type, part.file, part.size)
                 else:
                     value = part.value
                 existing = params.get(part.name)

@@ -13,6 +13,7 @@ import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
+from ..config import _DOC_SECTIONS
 from ..errors import HTTPError, HTTPRedirect
 from .context import current_request, current_response
 from .dispatch import call_handler
@@ -22,9 +23,14 @@ from .tools import HandlerTool, Tool, Toolbox
 __all__ = ["tools"]
 
 
-def trailing_slash(missing: bool = True, extra: bool = False, status: int | None = None, debug: bool = False) -> None:
-    """Redirect ``/dir`` to ``/dir/`` when the handler is an ``index`` (and, with
-    ``extra``, ``/page/`` to ``/page``), with 301 unless ``status`` says otherwise."""
+def trailing_slash(missing: bool = True, extra: bool = False, status: int | None = None) -> None:
+    """Redirect ``/dir`` to ``/dir/`` when the handler is an ``index``.
+
+    Args:
+        missing: redirect a path to an index handler that lacks its trailing slash.
+        extra: redirect ``/page/`` to ``/page`` for a handler that is not an index.
+        status: the redirect status (default 301).
+    """
     request = current_request()
     path = request.path_info
     if request.is_index is True and missing and not path.endswith("/"):
@@ -40,10 +46,18 @@ def secureheaders(
     referrer_policy: str | None = "strict-origin-when-cross-origin",
     hsts: str | None = "max-age=31536000",
 ) -> None:
-    """Security headers on every response. Strict-Transport-Security only on requests
-    that came over TLS (RFC 6797 §7.2: never over plain HTTP). Set an argument to None
-    to leave that header out. Note ``default-src 'self'`` (quoted keyword) is valid CSP;
-    the guide's ``default-src='self'`` is not."""
+    """Security headers on every response; HSTS only on requests that came over TLS.
+
+    RFC 6797 §7.2: Strict-Transport-Security is never sent over plain HTTP. Note
+    ``default-src 'self'`` (quoted keyword) is valid CSP; ``default-src='self'`` is not.
+
+    Args:
+        frame_options: X-Frame-Options value (None leaves the header out).
+        content_type_options: X-Content-Type-Options value (None leaves it out).
+        csp: Content-Security-Policy value (None leaves it out).
+        referrer_policy: Referrer-Policy value (None leaves it out).
+        hsts: Strict-Transport-Security value sent on TLS requests (None: never).
+    """
     request = current_request()
     headers = current_response().headers
     for name, value in (
@@ -58,9 +72,13 @@ def secureheaders(
         headers["Strict-Transport-Security"] = hsts
 
 
-def json_in(content_type: str | Sequence[str] = ("application/json", "text/javascript"), force: bool = True, debug: bool = False) -> None:
-    """Decode a JSON body into ``request.json`` (415 for another media type when
-    ``force``, 400 for malformed JSON)."""
+def json_in(content_type: str | Sequence[str] = ("application/json", "text/javascript"), force: bool = True) -> None:
+    """Decode a JSON request body into ``request.json`` (400 when malformed).
+
+    Args:
+        content_type: media type(s) accepted as JSON.
+        force: answer 415 to a body of another media type (else leave it alone).
+    """
     request = current_request()
     body = request.body
     if not body.has_body:
@@ -79,8 +97,13 @@ def json_in(content_type: str | Sequence[str] = ("application/json", "text/javas
         raise HTTPError(400, "Invalid JSON document.") from None
 
 
-def json_out(content_type: str = "application/json", debug: bool = False, handler: Any = None) -> None:
-    """Encode the handler's result (any JSON-able value) as the JSON response body."""
+def json_out(content_type: str = "application/json", handler: Any = None) -> None:
+    """Encode the handler's result (any JSON-able value) as the JSON response body.
+
+    Args:
+        content_type: the Content-Type of the response.
+        handler: a callable turning the handler's result into bytes (default: compact JSON).
+    """
     request = current_request()
     inner = request.handler
     if inner is None:
@@ -97,11 +120,25 @@ def json_out(content_type: str = "application/json", debug: bool = False, handle
     current_response().headers["Content-Type"] = content_type
 
 
-_GZIP_TYPES = ("text/html", "text/plain", "text/css", "application/javascript", "text/javascript", "application/json", "image/svg+xml")
+_GZIP_TYPES = (
+    "text/html",
+    "text/plain",
+    "text/css",
+    "application/javascript",
+    "text/javascript",
+    "application/json",
+    "image/svg+xml",
+)
 
 
-def gzip(compress_level: int = 5, mime_types: Sequence[str] = _GZIP_TYPES, min_size: int = 256, debug: bool = False) -> None:
-    """Gzip the response body when the client accepts it and the type is compressible."""
+def gzip(compress_level: int = 5, mime_types: Sequence[str] = _GZIP_TYPES, min_size: int = 256) -> None:
+    """Gzip the response body when the client accepts it and the type is compressible.
+
+    Args:
+        compress_level: zlib level, 1 (fast) to 9 (small).
+        mime_types: media types that are compressed.
+        min_size: buffered bodies smaller than this many bytes are sent as they are.
+    """
     request = current_request()
     response = current_response()
     headers = response.headers
@@ -158,8 +195,12 @@ def _gzip_stream(body: Iterable[bytes], level: int) -> Iterator[bytes]:
             close()
 
 
-def allow(methods: Sequence[str] = ("GET", "HEAD"), debug: bool = False) -> None:
-    """405 Method Not Allowed (with an Allow header) for any other method."""
+def allow(methods: Sequence[str] = ("GET", "HEAD")) -> None:
+    """Answer 405 Method Not Allowed (with an Allow header) to any other method.
+
+    Args:
+        methods: the methods allowed (HEAD is implied by GET).
+    """
     allowed = [m.upper() for m in ([methods] if isinstance(methods, str) else methods)]
     if "GET" in allowed and "HEAD" not in allowed:
         allowed.append("HEAD")
@@ -169,8 +210,13 @@ def allow(methods: Sequence[str] = ("GET", "HEAD"), debug: bool = False) -> None
         raise HTTPError(405)
 
 
-def response_headers(headers: Sequence[tuple[str, str]] | dict[str, str] = (), force: bool = True, debug: bool = False) -> None:
-    """Set the given headers on the response."""
+def response_headers(headers: Sequence[tuple[str, str]] | dict[str, str] = (), force: bool = True) -> None:
+    """Set the given headers on every response of the path.
+
+    Args:
+        headers: a list of (name, value) pairs or a dict.
+        force: replace a header the handler set itself.
+    """
     target = current_response().headers
     items = headers.items() if isinstance(headers, dict) else headers
     for name, value in items:
@@ -178,11 +224,23 @@ def response_headers(headers: Sequence[tuple[str, str]] | dict[str, str] = (), f
             target[name] = value
 
 
-def proxy(base: str | None = None, local: str = "X-Forwarded-Host", remote: str = "X-Forwarded-For", scheme: str = "X-Forwarded-Proto", trusted: Sequence[str] | None = None, debug: bool = False) -> None:
+def proxy(
+    base: str | None = None,
+    local: str = "X-Forwarded-Host",
+    remote: str = "X-Forwarded-For",
+    scheme: str = "X-Forwarded-Proto",
+    trusted: Sequence[str] | None = None,
+) -> None:
     """Behind a reverse proxy: take scheme, host and client address from its headers.
 
     Only turn this on behind a proxy you control: the headers are believed as sent.
-    With ``trusted`` (a list of proxy addresses), they are believed only from those.
+
+    Args:
+        base: a fixed ``scheme://host`` to use instead of the forwarded host.
+        local: the header carrying the original Host.
+        remote: the header carrying the client address (its first entry is used).
+        scheme: the header carrying the original scheme (http or https).
+        trusted: proxy addresses whose headers are believed (None: any peer).
     """
     request = current_request()
     env = request.wsgi_environ
@@ -207,6 +265,7 @@ def proxy(base: str | None = None, local: str = "X-Forwarded-Host", remote: str 
 
 
 tools = Toolbox()
+_DOC_SECTIONS.append(lambda: tools.markdown())
 tools.trailing_slash = Tool("before_handler", trailing_slash, priority=20)
 tools.secureheaders = Tool("before_finalize", secureheaders, priority=60)
 tools.json_in = Tool("before_request_body", json_in, priority=30)

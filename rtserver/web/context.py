@@ -13,7 +13,7 @@ if TYPE_CHECKING:
     from .request import Request
     from .response import Response
 
-__all__ = ["serving", "current_request", "current_response", "Proxy"]
+__all__ = ["Proxy", "current_request", "current_response", "serving"]
 
 serving: contextvars.ContextVar[tuple[Request, Response]] = contextvars.ContextVar("rtserver.serving")
 

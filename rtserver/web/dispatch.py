@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import inspect
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from ..errors import HTTPError, NotFound
 
-__all__ = ["expose", "find_handler", "Dispatched", "call_handler", "is_socket_class"]
+__all__ = ["Dispatched", "call_handler", "expose", "find_handler", "is_socket_class"]
 
 
 def expose(func: Any = None, alias: str | Sequence[str] | None = None) -> Any:
@@ -42,7 +42,7 @@ def expose(func: Any = None, alias: str | Sequence[str] | None = None) -> Any:
     if func is None:
         return lambda f: _set_aliases(f, alias, parents)
     if isinstance(func, type):
-        func.exposed = True
+        func.exposed = True  # type: ignore[attr-defined]
         return func
     return _set_aliases(func, alias, parents)
 
@@ -50,7 +50,7 @@ def expose(func: Any = None, alias: str | Sequence[str] | None = None) -> Any:
 class Dispatched:
     """The result of dispatch: the handler, its positional arguments and config trail."""
 
-    __slots__ = ("handler", "vpath", "trail", "is_index")
+    __slots__ = ("handler", "is_index", "trail", "vpath")
 
     def __init__(self, handler: Any, vpath: list[str], trail: list[tuple[str, Any]], is_index: bool) -> None:
         self.handler = handler
@@ -72,7 +72,7 @@ def _exposed(obj: Any, parent: Any) -> bool:
     if obj is None:
         return False
     if getattr(obj, "exposed", False):
-        return callable(obj) and not isinstance(obj, type) or is_socket_class(obj)
+        return (callable(obj) and not isinstance(obj, type)) or is_socket_class(obj)
     if is_socket_class(obj):
         return True
     # A method of an instance whose class was exposed with @expose on the class.
@@ -119,7 +119,9 @@ def find_handler(root: Any, path: str) -> Dispatched | None:
     return None
 
 
-def call_handler(handler: Any, args: Sequence[Any], kwargs: dict[str, Any], body_params: dict[str, Any], show_params: bool) -> Any:
+def call_handler(
+    handler: Any, args: Sequence[Any], kwargs: dict[str, Any], body_params: dict[str, Any], show_params: bool
+) -> Any:
     """Call ``handler(*args, **kwargs)``; a mismatch of the call itself becomes 404/400.
 
     CherryPy's rule: missing parameters, extra path segments and unknown query-string
@@ -136,7 +138,9 @@ def call_handler(handler: Any, args: Sequence[Any], kwargs: dict[str, Any], body
         raise
 
 
-def _raise_mismatch(handler: Any, args: Sequence[Any], kwargs: dict[str, Any], body_params: dict[str, Any], show: bool) -> None:
+def _raise_mismatch(
+    handler: Any, args: Sequence[Any], kwargs: dict[str, Any], body_params: dict[str, Any], show: bool
+) -> None:
     try:
         sig = inspect.signature(handler)
     except (TypeError, ValueError):

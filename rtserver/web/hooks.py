@@ -27,9 +27,11 @@ HOOK_POINTS = (
 class Hook:
     """A callback attached to a hook point with a priority (lower runs first)."""
 
-    __slots__ = ("callback", "priority", "kwargs", "failsafe")
+    __slots__ = ("callback", "failsafe", "kwargs", "priority")
 
-    def __init__(self, callback: Callable[..., Any], priority: int | None = None, failsafe: bool = False, **kwargs: Any) -> None:
+    def __init__(
+        self, callback: Callable[..., Any], priority: int | None = None, failsafe: bool = False, **kwargs: Any
+    ) -> None:
         self.callback = callback
         if priority is None:
             priority = getattr(callback, "priority", 50)
@@ -51,7 +53,14 @@ class HookMap(dict[str, list[Hook]]):
     def __init__(self) -> None:
         super().__init__((point, []) for point in HOOK_POINTS)
 
-    def attach(self, point: str, callback: Callable[..., Any], failsafe: bool = False, priority: int | None = None, **kwargs: Any) -> None:
+    def attach(
+        self,
+        point: str,
+        callback: Callable[..., Any],
+        failsafe: bool = False,
+        priority: int | None = None,
+        **kwargs: Any,
+    ) -> None:
         """Attach ``callback(**kwargs)`` to ``point``."""
         if point not in self:
             raise ValueError(f"unknown hook point {point!r} (known: {', '.join(HOOK_POINTS)})")
@@ -69,7 +78,7 @@ class HookMap(dict[str, list[Hook]]):
             if exc is None or hook.failsafe:
                 try:
                     hook()
-                except Exception as e:  # noqa: BLE001 - re-raised below after failsafe hooks
+                except Exception as e:
                     if exc is None:
                         exc = e
         if exc is not None:

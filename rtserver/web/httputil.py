@@ -9,7 +9,7 @@ import time
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, NamedTuple
 
-__all__ = ["HeaderMap", "Host", "http_date", "parse_http_date", "error_page_html"]
+__all__ = ["HeaderMap", "Host", "error_page_html", "http_date", "parse_http_date"]
 
 
 class Host(NamedTuple):
@@ -128,9 +128,9 @@ def parse_http_date(value: str | None) -> float | None:
 def error_page_html(status: str, message: str, traceback: str = "", version: str = "") -> str:
     """The default error page: status, message and (if allowed) traceback, all escaped."""
     esc = html.escape
-    tb = f"<pre id=\"traceback\">{esc(traceback)}</pre>\n" if traceback else ""
+    tb = f'<pre id="traceback">{esc(traceback)}</pre>\n' if traceback else ""
     return (
-        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
+        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
         f"<title>{esc(status)}</title>\n"
         "<style>body{font-family:system-ui,sans-serif;margin:3em;color:#222}"
         "pre{background:#f4f4f4;padding:1em;overflow:auto}</style>\n</head>\n<body>\n"

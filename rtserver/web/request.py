@@ -148,7 +148,11 @@ class Request:
     def local(self) -> Host:
         """The server's address for this connection."""
         env = self.wsgi_environ
-        return Host(env.get("SERVER_ADDR", env.get("SERVER_NAME", "")), int(env.get("SERVER_PORT") or 0), env.get("SERVER_NAME", ""))
+        return Host(
+            env.get("SERVER_ADDR", env.get("SERVER_NAME", "")),
+            int(env.get("SERVER_PORT") or 0),
+            env.get("SERVER_NAME", ""),
+        )
 
     @property
     def base(self) -> str:

@@ -20,7 +20,7 @@ from ..errors import HTTPError
 from .context import current_request, current_response
 from .httputil import http_date, parse_http_date
 
-__all__ = ["staticdir", "staticfile", "serve_file", "resolve_under"]
+__all__ = ["resolve_under", "serve_file", "staticdir", "staticfile"]
 
 _CHUNK = 64 * 1024
 _RANGE_RE = re.compile(r"bytes=(\d*)-(\d*)\Z")
@@ -51,8 +51,24 @@ def _abs_dir(directory: str, root: str | None) -> str:
     return os.path.join(root, directory)
 
 
-def staticdir(section: str, dir: str, root: str = "", match: str = "", content_types: dict[str, str] | None = None, index: str = "", debug: bool = False) -> bool:
-    """Serve files under ``dir`` for the URL section ``section`` (``[/static]``)."""
+def staticdir(
+    section: str,
+    dir: str,
+    root: str = "",
+    match: str = "",
+    content_types: dict[str, str] | None = None,
+    index: str = "",
+) -> bool:
+    """Serve the files under a directory for a URL section (``[/static]``).
+
+    Args:
+        section: the URL section served (set automatically from the config section).
+        dir: the directory, absolute or relative to ``root``.
+        root: the base of a relative ``dir``.
+        match: a regular expression the path must match to be served.
+        content_types: ``{extension: media type}`` overriding the guessed types.
+        index: the file served for a directory (e.g. ``index.html``).
+    """
     request = current_request()
     if request.method not in ("GET", "HEAD"):
         return False
@@ -76,8 +92,17 @@ def staticdir(section: str, dir: str, root: str = "", match: str = "", content_t
     return serve_file(target, content_types=content_types)
 
 
-def staticfile(filename: str, root: str | None = None, match: str = "", content_types: dict[str, str] | None = None, debug: bool = False) -> bool:
-    """Serve the single file ``filename`` (absolute, or relative to ``root``)."""
+def staticfile(
+    filename: str, root: str | None = None, match: str = "", content_types: dict[str, str] | None = None
+) -> bool:
+    """Serve one file for the path.
+
+    Args:
+        filename: the file, absolute or relative to ``root``.
+        root: the base of a relative ``filename``.
+        match: a regular expression the path must match to be served.
+        content_types: ``{extension: media type}`` overriding the guessed types.
+    """
     request = current_request()
     if request.method not in ("GET", "HEAD"):
         return False

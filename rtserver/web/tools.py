@@ -20,7 +20,7 @@ from typing import Any
 from ..errors import ConfigError
 from .hooks import HOOK_POINTS
 
-__all__ = ["Tool", "HandlerTool", "Toolbox"]
+__all__ = ["HandlerTool", "Tool", "Toolbox"]
 
 _RESERVED_ARGS = ("on", "priority")
 
@@ -56,6 +56,40 @@ class Tool:
             elif param.kind in (param.POSITIONAL_OR_KEYWORD, param.KEYWORD_ONLY):
                 names.add(param.name)
         return names, varkw
+
+    def arg_docs(self) -> dict[str, str]:
+        """``{argument: meaning}`` from the ``Args:`` section of the callable's docstring."""
+        docs: dict[str, str] = {}
+        text = inspect.getdoc(self.callable) or ""
+        in_args = False
+        current = None
+        for line in text.splitlines():
+            if line.strip() == "Args:":
+                in_args = True
+                continue
+            if not in_args:
+                continue
+            if not line.strip():
+                break
+            if line.startswith("    ") and not line.startswith("        "):
+                name, _, meaning = line.strip().partition(":")
+                current = name.strip()
+                docs[current] = meaning.strip()
+            elif current is not None:
+                docs[current] += " " + line.strip()
+        return docs
+
+    def defaults(self) -> dict[str, Any]:
+        """``{argument: default}`` of the callable."""
+        try:
+            sig = inspect.signature(self.callable)
+        except (TypeError, ValueError):
+            return {}
+        return {
+            p.name: (p.default if p.default is not p.empty else None)
+            for p in sig.parameters.values()
+            if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+        }
 
     def check_args(self, args: dict[str, Any], where: str = "") -> None:
         """ConfigError naming the key for any argument the tool does not take."""
@@ -148,6 +182,8 @@ class HandlerTool(Tool):
 class Toolbox:
     """The namespace of tools: ``rtserver.tools.NAME``. Setting one names it."""
 
+    _tools: dict[str, Tool]
+
     def __init__(self) -> None:
         object.__setattr__(self, "_tools", {})
 
@@ -171,6 +207,32 @@ class Toolbox:
         """The names of every registered tool."""
         return sorted(self._tools)
 
+    def markdown(self) -> str:
+        """The ``tools`` section of docs/config.md: every tool, every argument."""
+        lines = [
+            "## `tools`",
+            "",
+            "Each tool is turned on per path with `tools.NAME.on = True` (default off, except",
+            "`trailing_slash`) or with the decorator `@rtserver.tools.NAME(arg=...)`;",
+            "`tools.NAME.priority` orders tools on the same hook point.",
+            "",
+            "| key | default | meaning |",
+            "| --- | --- | --- |",
+        ]
+        for name in self.names():
+            tool = self._tools[name]
+            summary = (inspect.getdoc(tool.callable) or "").split("\n\n")[0].replace("\n", " ")
+            on_default = "`True`" if name == "trailing_slash" else "`False`"
+            lines.append(
+                f"| `tools.{name}.on` | {on_default} | {_cell(summary) or '(undocumented)'} (hook: {tool._point}) |"
+            )
+            docs = tool.arg_docs()
+            for arg, value in tool.defaults().items():
+                meaning = docs.get(arg, "(undocumented)")
+                lines.append(f"| `tools.{name}.{arg}` | `{_cell(repr(value))}` | {_cell(meaning)} |")
+        lines.append("")
+        return "\n".join(lines)
+
     def split_config(self, conf: dict[str, Any], where: str = "") -> dict[str, dict[str, Any]]:
         """``{name: {arg: value}}`` from the ``tools.NAME.ARG`` keys of ``conf``.
 
@@ -185,10 +247,12 @@ class Toolbox:
                 raise ConfigError(f"{where}config key {key!r} must be tools.NAME.ARGUMENT")
             _, name, arg = parts
             if name not in self._tools:
-                raise ConfigError(
-                    f"{where}unknown tool in config key {key!r} (known tools: {', '.join(self.names())})"
-                )
+                raise ConfigError(f"{where}unknown tool in config key {key!r} (known tools: {', '.join(self.names())})")
             maps.setdefault(name, {})[arg] = value
         for name, args in maps.items():
             self._tools[name].check_args(args, where)
         return maps
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|")
