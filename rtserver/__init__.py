@@ -29,10 +29,20 @@ from .errors import (
 )
 from .runtime import config, engine, quickstart, server, servers, tools, tree
 from .servers.base import Server
+from .web import csrf, sessions  # noqa: F401 - registers tools.sessions and tools.csrf
 from .web.app import Application, Tree
 from .web.context import Proxy, current_request, current_response
 from .web.dispatch import expose
+from .web.sessions import session
 from .web.tools import HandlerTool, Tool, Toolbox
+from .websocket.handler import WebSocket
+from .websocket.hub import Hub, HubClientMixin, hub
+from . import websocket
+from .websocket import tool as _websocket_tool  # noqa: F401 - registers tools.websocket
+
+# The hub reaches this process's sockets through the WebSocket plugin.
+hub.on_broadcast = engine.websocket.broadcast
+engine.websocket.on_closed.append(hub.socket_closed)
 
 __version__ = "0.1.0"
 
@@ -54,6 +64,8 @@ __all__ = [
     "HTTPError",
     "HTTPRedirect",
     "HandlerTool",
+    "Hub",
+    "HubClientMixin",
     "InternalRedirect",
     "Monitor",
     "NotFound",
@@ -67,17 +79,21 @@ __all__ = [
     "Tool",
     "Toolbox",
     "Tree",
+    "WebSocket",
     "__version__",
     "config",
     "engine",
     "errors",
     "expose",
+    "hub",
     "quickstart",
     "request",
     "response",
     "server",
     "servers",
+    "session",
     "tools",
     "tree",
     "url",
+    "websocket",
 ]

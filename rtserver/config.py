@@ -397,6 +397,8 @@ def markdown() -> str:
     for key in _KEYS.values():
         by_ns.setdefault(key.name.split(".", 1)[0], []).append(key)
     for ns in NAMESPACES:
+        if ns == "tools" and _DOC_SECTIONS:
+            continue  # the toolbox's section lists every tool with its declared keys
         keys = sorted(by_ns.get(ns, []), key=lambda k: k.name)
         patterns = [(p, d) for p, (_r, d) in _PATTERNS.items() if p.startswith(ns)]
         if not keys and not patterns:

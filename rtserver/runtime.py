@@ -29,6 +29,7 @@ from .errors import ConfigError
 from .servers.base import Server
 from .web.app import Application, Tree
 from .web.builtin_tools import tools
+from .websocket.plugin import WebSocketPlugin
 
 __all__ = ["Engine", "config", "engine", "quickstart", "server", "tools", "tree"]
 
@@ -88,6 +89,9 @@ class Engine(Bus):
         self.timeout_monitor.subscribe()
         self.signal_handler = SignalHandler(self)
         self.pidfile: PIDFile | None = None
+        #: Every open WebSocket of the process (broadcast, 1001 on stop).
+        self.websocket = WebSocketPlugin(self)
+        self.websocket.subscribe()
 
     @property
     def signals(self) -> SignalHandler:
@@ -113,7 +117,32 @@ engine = Engine()
 tree = Tree()
 server = Server(engine)
 server.subscribe()
-servers: dict[str, Server] = {}
+
+
+class ServerMap(dict[str, Server]):
+    """The extra servers by name (``server.NAME.*`` keys create them).
+
+    It also hands out the cheroot server classes, so that the guide's spelling
+    ``rtserver.server.httpserver = rtserver.servers.NativeServer(rtserver.server)``
+    works (cheroot is imported on first use).
+    """
+
+    @property
+    def NativeServer(self) -> Any:
+        """:class:`rtserver.servers.cheroot.NativeServer` (cheroot, no WSGI)."""
+        from .servers.cheroot import NativeServer
+
+        return NativeServer
+
+    @property
+    def CherootServer(self) -> Any:
+        """:class:`rtserver.servers.cheroot.CherootServer` (cheroot's WSGI server)."""
+        from .servers.cheroot import CherootServer
+
+        return CherootServer
+
+
+servers = ServerMap()
 
 _SERVER_KEYS_RE = re.compile(r"server\.([A-Za-z_][A-Za-z0-9_]*)\.([a-z_]+)\Z")
 

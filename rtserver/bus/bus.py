@@ -146,12 +146,17 @@ class Bus:
             self.log(f"Shutting down due to error in start listener: {exc}", level=logging.ERROR)
             self.exit(EX_SOFTWARE)
             raise
+        if self.state is not States.STARTING:
+            # exit() or stop() ran while the start listeners were running (a
+            # SIGTERM during a slow start): do not come back to life.
+            self.log("Bus start interrupted: not STARTED")
+            return
         self._set_state(States.STARTED)
         self.log("Bus STARTED")
 
     def stop(self) -> None:
         """Publish ``stop`` (servers close, sockets get 1001) and become STOPPED."""
-        if self.state in (States.STOPPED, States.EXITING):
+        if self.state in (States.STOPPED, States.STOPPING, States.EXITING):
             return
         self._set_state(States.STOPPING)
         self.log("Bus STOPPING")

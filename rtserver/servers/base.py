@@ -16,6 +16,7 @@ import ssl
 from typing import Any
 
 from ..config import declare, optional_string, port, positive, string
+from .options import HTTPOptions
 
 __all__ = ["Server", "ssl_context_from"]
 
@@ -184,8 +185,6 @@ class Server:
 
     def http_options(self) -> Any:
         """The HTTP limits (``server.*`` keys) for the connection server."""
-        from .options import HTTPOptions
-
         return HTTPOptions.from_config(self.options)
 
     def wsgi_app(self) -> Any:
@@ -237,13 +236,14 @@ class Server:
             return
         self.running = False
         server = self.httpserver
+        where = self.bound_address or self.bind_addr
         if self._made_httpserver:
             # Ours: make a fresh one at the next start. One set by the user is kept.
             self.httpserver = None
             self._made_httpserver = False
         if server is not None:
             server.stop(self.shutdown_timeout)
-        self.engine.log(f"Stopped serving on {self.bind_addr}")
+        self.engine.log(f"Stopped serving on {where}")
 
     stop.priority = 25  # type: ignore[attr-defined]  # before sockets and the hub go
 

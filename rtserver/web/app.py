@@ -73,6 +73,7 @@ declare_pattern(
 declare_pattern(r"response\.headers\.[A-Za-z0-9-]+", "A response header set on every response of that path.")
 
 _CACHE_SIZE = 2048
+_MAX_INTERNAL_REDIRECTS = 10
 _VERSION = "0.1.0"
 
 
@@ -310,7 +311,20 @@ class Application:
                         setattr(response, attr, value)
                     for name, value in r.extra_headers:
                         response.headers[name] = value
-                    self._pipeline(request, response, r, hooks)
+                    for _ in range(_MAX_INTERNAL_REDIRECTS):
+                        try:
+                            self._pipeline(request, response, r, hooks)
+                            break
+                        except errors.InternalRedirect as ir:
+                            # Serve another path within this request, as CherryPy does.
+                            request.path_info, request.query_string = ir.path, ir.query_string
+                            r = self.resolve(ir.path)
+                            request.config, request.toolmaps = r.config, r.toolmaps
+                            request.hooks = hooks = r.hooks.copy()
+                            request.is_index = r.is_index
+                            request.handler = r.handler if r.handler is not None else _not_found
+                    else:
+                        raise RuntimeError(f"more than {_MAX_INTERNAL_REDIRECTS} internal redirects")
                 except (errors.HTTPRedirect, errors.HTTPError) as exc:
                     self._set_http_exception(request, response, exc)
                     if hooks is not None:
@@ -443,7 +457,9 @@ def _not_found(*args: Any, **kwargs: Any) -> None:
     raise errors.NotFound(current_request().path_info)
 
 
-def _no_content() -> None:
+def _no_content(*args: Any, **kwargs: Any) -> None:
+    # The page side of a handler class attached to the tree: the WebSocket tool
+    # answers; extra path segments and query parameters are the socket's to read.
     return None
 
 

@@ -17,6 +17,7 @@ import inspect
 from collections.abc import Callable
 from typing import Any
 
+from ..config import declared
 from ..errors import ConfigError
 from .hooks import HOOK_POINTS
 
@@ -194,6 +195,10 @@ class Toolbox:
             self._tools[name] = tool
         object.__setattr__(self, name, tool)
 
+    def __getattr__(self, name: str) -> Tool:
+        # Only reached when no tool of that name exists; typed so user code type-checks.
+        raise AttributeError(f"no tool named {name!r} (known tools: {', '.join(self.names())})")
+
     def __delattr__(self, name: str) -> None:
         self._tools.pop(name, None)
         object.__delattr__(self, name)
@@ -227,7 +232,15 @@ class Toolbox:
                 f"| `tools.{name}.on` | {on_default} | {_cell(summary) or '(undocumented)'} (hook: {tool._point}) |"
             )
             docs = tool.arg_docs()
-            for arg, value in tool.defaults().items():
+            keys = declared()
+            prefix = f"tools.{name}."
+            args = dict(tool.defaults())
+            for key in sorted(k for k in keys if k.startswith(prefix)):
+                args[key[len(prefix) :]] = keys[key].default
+                docs[key[len(prefix) :]] = keys[key].doc
+            for arg, value in args.items():
+                if arg == "on":
+                    continue
                 meaning = docs.get(arg, "(undocumented)")
                 lines.append(f"| `tools.{name}.{arg}` | `{_cell(repr(value))}` | {_cell(meaning)} |")
         lines.append("")

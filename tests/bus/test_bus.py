@@ -161,3 +161,14 @@ def test_pidfile_written_at_start_and_removed_at_exit(tmp_path):
     assert path.read_text().strip() == str(os.getpid())
     bus.exit()
     assert not path.exists()
+
+
+def test_exit_during_a_slow_start_does_not_leave_the_bus_started():
+    bus = Bus()
+    stops = []
+    bus.subscribe("start", lambda: gevent.sleep(0.3))
+    bus.subscribe("stop", lambda: stops.append(1))
+    gevent.spawn_later(0.1, bus.exit)
+    bus.start()
+    assert bus.state is States.EXITING
+    assert stops == [1]

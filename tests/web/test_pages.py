@@ -346,3 +346,39 @@ def test_requests_are_isolated_between_greenlets(srv):
 
     gevent.joinall([gevent.spawn(one, i) for i in range(30)], timeout=20)
     assert sorted(results) == sorted(f"page a={i} b=2".encode() for i in range(30))
+
+
+class Redirecting:
+    @rtserver.expose
+    def index(self):
+        raise rtserver.InternalRedirect("/target?x=5")
+
+    @rtserver.expose
+    def target(self, x):
+        return f"target {x} {rtserver.request.path_info}"
+
+    @rtserver.expose
+    def loop(self):
+        raise rtserver.InternalRedirect("/loop")
+
+
+def test_internal_redirect_serves_another_handler_in_the_same_request():
+    with serve(Redirecting()) as s:
+        assert s.get("/")[2] == b"target 5 /target"
+        assert s.get("/loop")[0] == 500
+
+
+def test_access_and_error_logs_to_files(tmp_path):
+    access, error = tmp_path / "access.log", tmp_path / "error.log"
+    gconf = {"log.access_file": str(access), "log.error_file": str(error)}
+    with serve(Root(), global_config=gconf) as s:
+        s.get("/page?a=1", headers={"User-Agent": "pytest-agent", "Referer": "http://r/"})
+        s.get("/boom")
+    rtserver.config.update({"log.access_file": "", "log.error_file": ""})
+    lines = access.read_text().splitlines()
+    assert len(lines) == 2
+    # Combined Log Format: host ident user [date] "request line" status bytes "referer" "agent"
+    assert lines[0].startswith("127.0.0.1 - - [")
+    assert '"GET /page?a=1 HTTP/1.1" 200 12 "http://r/" "pytest-agent"' in lines[0]
+    assert '"GET /boom HTTP/1.1" 500' in lines[1]
+    assert "RuntimeError: database password is hunter2" in error.read_text()

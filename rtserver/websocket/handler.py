@@ -1,0 +1,116 @@
+"""``rtserver.WebSocket``: ws4py's handler with the handshake's request at hand."""
+
+from __future__ import annotations
+
+import http.cookies
+import json
+import urllib.parse
+from typing import Any
+
+from websockets.datastructures import Headers
+from ws4py.websocket import WebSocket as _Ws4pyWebSocket
+
+from .hub import HubClientMixin
+
+__all__ = ["WebSocket"]
+
+
+class WebSocket(HubClientMixin, _Ws4pyWebSocket):
+    """A ws4py WebSocket handler with conveniences; one instance per connection.
+
+    Override ``opened()``, ``received_message(message)``, ``closed(code, reason)``
+    (and ``ponged(pong)``, ``unhandled_error(error)``); call ``send()``, ``send_json()``,
+    ``close()``. Callbacks of one connection run one at a time in its greenlet;
+    ``send()`` is safe from any greenlet and never blocks a broadcaster.
+
+    Example::
+
+        import rtserver
+        from rtserver.websocket.wsgi import websocket_app
+        from rtserver.websocket.options import WebSocketOptions
+
+        class Chat(rtserver.WebSocket):
+            def opened(self):
+                self.send_json({"hello": self.query_params.get("name", "stranger")})
+
+            def received_message(self, message):
+                self.send_json({"echo": str(message)})
+
+        app = websocket_app(Chat, WebSocketOptions(protocols=("chat.v1",)))
+
+    Security: browsers let any page open a WebSocket to any site and send that
+    site's cookies along. The upgrade therefore refuses a cross-site ``Origin`` by
+    default (``tools.websocket.allowed_origins`` lists exceptions, ``'*'`` turns
+    the check off); never trust ``cookies`` or ``session`` on a socket where you
+    turned it off. Messages are limited to ``tools.websocket.max_message_size``
+    (1 MiB); validate what you receive, it is client-controlled.
+    """
+
+    #: The session of the page that opened the socket (set by the session tool).
+    session: Any = None
+
+    @property
+    def _handshake(self) -> Any:
+        conn = getattr(self, "_rt_conn", None)
+        return conn.handshake if conn is not None else None
+
+    @property
+    def request_headers(self) -> Headers:
+        """Headers of the upgrade request (case-insensitive, ``get_all`` for repeats)."""
+        hs = self._handshake
+        if hs is not None:
+            return hs.request_headers
+        environ = self.environ or {}
+        return Headers((k[5:].replace("_", "-"), v) for k, v in environ.items() if k.startswith("HTTP_"))
+
+    @property
+    def cookies(self) -> http.cookies.SimpleCookie:
+        """Cookies sent with the upgrade request."""
+        jar: http.cookies.SimpleCookie = http.cookies.SimpleCookie()
+        for value in self.request_headers.get_all("Cookie"):
+            try:
+                jar.load(value)
+            except http.cookies.CookieError:
+                continue  # RFC 6265 §5.2: ignore what cannot be parsed
+        return jar
+
+    @property
+    def path(self) -> str:
+        """The request path (SCRIPT_NAME + PATH_INFO)."""
+        environ = self.environ or {}
+        return str(environ.get("SCRIPT_NAME", "")) + str(environ.get("PATH_INFO", ""))
+
+    @property
+    def query_params(self) -> dict[str, Any]:
+        """Query string parameters; a repeated name maps to a list (CherryPy's habit)."""
+        environ = self.environ or {}
+        params: dict[str, Any] = {}
+        for name, value in urllib.parse.parse_qsl(str(environ.get("QUERY_STRING", "")), keep_blank_values=True):
+            if name in params:
+                old = params[name]
+                params[name] = [*old, value] if isinstance(old, list) else [old, value]
+            else:
+                params[name] = value
+        return params
+
+    @property
+    def remote(self) -> tuple[str, int]:
+        """``(host, port)`` of the peer."""
+        environ = self.environ or {}
+        if environ.get("REMOTE_ADDR"):
+            try:
+                port = int(environ.get("REMOTE_PORT") or 0)
+            except ValueError:
+                port = 0
+            return str(environ["REMOTE_ADDR"]), port
+        host, port = self.peer_address[:2]
+        return str(host), int(port)
+
+    @property
+    def subprotocol(self) -> str | None:
+        """The negotiated subprotocol, or None."""
+        return self.protocols[0] if self.protocols else None
+
+    def send_json(self, obj: Any) -> Any:
+        """Send ``obj`` as a compact JSON text message."""
+        return self.send(json.dumps(obj, separators=(",", ":"), ensure_ascii=False))

@@ -1,0 +1,119 @@
+"""The WebSocket bus plugin: every open socket of the process, broadcast, 1001 on stop.
+
+Subscribed on ``rtserver.engine`` by default. As ws4py's CherryPy plugin,
+``engine.publish('websocket-broadcast', message)`` sends ``message`` to every open
+socket. On engine ``stop`` every socket gets a 1001 close and the engine waits up to
+the close timeout for the closing handshakes, before the HTTP servers go down.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from ..bus.plugins import SimplePlugin
+
+__all__ = ["WebSocketPlugin"]
+
+log = logging.getLogger("rtserver.websocket")
+
+
+class WebSocketPlugin(SimplePlugin):
+    """Tracks open sockets (the runtime's registry) for broadcast and shutdown."""
+
+    def __init__(self, bus: Any) -> None:
+        super().__init__(bus)
+        self.handlers: set[Any] = set()
+        self.stopping = False
+        self.close_timeout = 10.0
+        self.opened_total = 0
+        #: Called with each handler that ends (the hub's ``socket_closed``).
+        self.on_closed: list[Any] = []
+
+    # -- the registry the runtime calls ----------------------------------------
+
+    def add(self, handler: Any) -> None:
+        """A socket opened."""
+        self.handlers.add(handler)
+        self.opened_total += 1
+
+    def discard(self, handler: Any) -> None:
+        """A socket ended."""
+        self.handlers.discard(handler)
+        for callback in self.on_closed:
+            try:
+                callback(handler)
+            except Exception:
+                log.exception("Error in a socket-closed listener")
+
+    @property
+    def count(self) -> int:
+        """How many sockets are open."""
+        return len(self.handlers)
+
+    # -- bus channels -----------------------------------------------------------
+
+    def subscribe(self) -> None:
+        """Subscribe to start/stop and the ``websocket-broadcast`` channel."""
+        super().subscribe()
+        self.bus.subscribe("websocket-broadcast", self.broadcast)
+
+    def unsubscribe(self) -> None:
+        """Undo :meth:`subscribe`."""
+        super().unsubscribe()
+        self.bus.unsubscribe("websocket-broadcast", self.broadcast)
+
+    def start(self) -> None:
+        """Accept upgrades."""
+        self.stopping = False
+
+    def broadcast(self, message: Any, binary: bool = False) -> int:
+        """Send ``message`` to every open socket of this process; return how many.
+
+        Never blocks on a slow socket: each send goes to that socket's bounded queue,
+        and a socket whose queue is full is closed as a slow consumer by the runtime.
+        A frame is encoded once for all sockets that negotiated no compression.
+        """
+        from .connection import prepare_frame
+
+        if isinstance(message, (bytes, bytearray, memoryview)):
+            binary = True
+        data = bytes(message) if binary else (message if isinstance(message, str) else str(message))
+        frame: bytes | None = None
+        sent = 0
+        for handler in list(self.handlers):
+            try:
+                conn = getattr(handler, "_rt_conn", None)
+                if conn is not None and not conn.handshake.extensions:
+                    if frame is None:
+                        frame = prepare_frame(data, binary)
+                    handler.send_prepared(frame)
+                else:
+                    handler.send(data, binary)
+                sent += 1
+            except Exception:
+                log.debug("broadcast to %r failed", handler, exc_info=True)
+        return sent
+
+    def stop(self) -> None:
+        """Close every socket with 1001 and wait for the closing handshakes."""
+        self.stopping = True
+        handlers = list(self.handlers)
+        if not handlers:
+            return
+        log.info("Closing %d WebSocket(s) with 1001", len(handlers))
+        for handler in handlers:
+            try:
+                handler.shutdown(1001, "server shutting down")
+            except Exception:
+                log.debug("shutdown of %r failed", handler, exc_info=True)
+        deadline = time.monotonic() + self.close_timeout + 0.5
+        import gevent
+
+        while self.handlers and time.monotonic() < deadline:
+            gevent.sleep(0.02)
+        if self.handlers:
+            log.warning("%d WebSocket(s) did not finish their closing handshake in time", len(self.handlers))
+
+    stop.priority = 20  # type: ignore[attr-defined]  # before the servers stop (25)
