@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import errors
+from . import errors, websocket
 from .bus.bus import Bus
 from .bus.plugins import Monitor, PIDFile, SignalHandler, SimplePlugin, TimeoutMonitor
 from .errors import (
@@ -35,10 +35,9 @@ from .web.context import Proxy, current_request, current_response
 from .web.dispatch import expose
 from .web.sessions import session
 from .web.tools import HandlerTool, Tool, Toolbox
+from .websocket import tool as _websocket_tool  # noqa: F401 - registers tools.websocket
 from .websocket.handler import WebSocket
 from .websocket.hub import Hub, HubClientMixin, hub
-from . import websocket
-from .websocket import tool as _websocket_tool  # noqa: F401 - registers tools.websocket
 
 # The hub reaches this process's sockets through the WebSocket plugin.
 hub.on_broadcast = engine.websocket.broadcast

@@ -7,6 +7,7 @@ to answer with a status; the text of any other exception never reaches a peer.
 
 from __future__ import annotations
 
+import functools
 import http.client
 import urllib.parse
 from collections.abc import Iterable, Sequence
@@ -27,6 +28,7 @@ __all__ = [
 ]
 
 
+@functools.lru_cache(maxsize=256)
 def status_line(status: int | str) -> tuple[int, str]:
     """Return ``(code, "code Reason")`` for an int or a ``"404 Not Found"`` string.
 

@@ -50,6 +50,10 @@ class Hook:
 class HookMap(dict[str, list[Hook]]):
     """``{point: [Hook, ...]}`` kept sorted by priority."""
 
+    # A copy shares its lists with the original until its first attach (copy on
+    # write): every request gets a copy of its path's cached map, few attach to it.
+    _owned = True
+
     def __init__(self) -> None:
         super().__init__((point, []) for point in HOOK_POINTS)
 
@@ -64,6 +68,10 @@ class HookMap(dict[str, list[Hook]]):
         """Attach ``callback(**kwargs)`` to ``point``."""
         if point not in self:
             raise ValueError(f"unknown hook point {point!r} (known: {', '.join(HOOK_POINTS)})")
+        if not self._owned:
+            for name, shared in self.items():
+                self[name] = list(shared)
+            self._owned = True
         hooks = self[point]
         hooks.append(Hook(callback, priority, failsafe, **kwargs))
         hooks.sort(key=lambda h: h.priority)
@@ -86,7 +94,7 @@ class HookMap(dict[str, list[Hook]]):
 
     def copy(self) -> HookMap:
         """A copy whose lists can be changed without touching this one."""
-        new = HookMap()
-        for point, hooks in self.items():
-            new[point] = list(hooks)
+        new = HookMap.__new__(HookMap)
+        dict.update(new, self)
+        new._owned = False
         return new

@@ -236,3 +236,15 @@ def test_proxy_tool_only_when_on():
         assert headers["Strict-Transport-Security"] == "max-age=31536000"
     with serve(Api(), {"/": {"tools.proxy.on": True, "tools.proxy.trusted": ["10.9.9.9"]}}) as s:
         assert s.get("/where", headers=fwd)[2] == f"http {s.url} 127.0.0.1".encode()
+
+
+def test_a_requests_hook_map_never_changes_the_cached_one():
+    from rtserver.web.hooks import HookMap
+
+    cached = HookMap()
+    cached.attach("before_handler", lambda: None)
+    per_request = cached.copy()
+    per_request.attach("on_end_request", lambda: None)
+    per_request.attach("before_handler", lambda: None)
+    assert len(cached["before_handler"]) == 1 and cached["on_end_request"] == []
+    assert len(per_request["before_handler"]) == 2 and len(per_request["on_end_request"]) == 1

@@ -1,4 +1,5 @@
-"""The Autobahn TestSuite (via kosoku) against ws4py's own EchoWebSocket on our runtime.
+"""The Autobahn TestSuite (via kosoku) against ws4py's own EchoWebSocket, attached to
+the page tree of a real rtserver (the default gevent server), as a user would mount it.
 
 Every case must end OK or INFORMATIONAL, for the exchange and the close alike:
 NON-STRICT, FAILED, UNIMPLEMENTED, WRONG CODE, UNCLEAN... all fail the test, listed.
@@ -8,20 +9,17 @@ on a 2-core machine; ``RTSERVER_AUTOBAHN_CASES="1.*,6.*"`` runs a subset.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
 import sys
 
 import pytest
+from conftest import need
 from ws4py.websocket import EchoWebSocket
 
-from rtserver.websocket.options import WebSocketOptions
-from rtserver.websocket.wsgi import websocket_app
-
-from .harness import Harness
-
-kosoku = pytest.importorskip("kosoku")
+from rtserver.testing import serve
 
 # Runs in a fresh interpreter: kosoku drives asyncio, which must not see gevent's patches.
 _RUNNER = """
@@ -42,16 +40,23 @@ _ACCEPTED = {"OK", "INFORMATIONAL"}
 
 @pytest.mark.timeout(900)
 def test_autobahn_fuzzingclient_all_cases() -> None:
-    options = WebSocketOptions(
-        max_message_size=2**25,  # case 9.x sends 16 MiB messages
-        allowed_origins=("*",),
-        # The zlib level does not change conformance; level 1 saves minutes of CPU in 12.x/13.x.
-        compression_level=1,
-    )
+    need(importlib.util.find_spec("kosoku") is not None, "kosoku (PyPI) is not installed")
+
+    class Root:
+        echo = EchoWebSocket
+
+    config = {
+        "/echo": {
+            "tools.websocket.max_message_size": 2**25,  # case 9.x sends 16 MiB messages
+            "tools.websocket.allowed_origins": "*",
+            # The zlib level does not change conformance; level 1 saves minutes of CPU in 12.x/13.x.
+            "tools.websocket.compression_level": 1,
+        }
+    }
     cases = os.environ.get("RTSERVER_AUTOBAHN_CASES", "")
-    with Harness(websocket_app(EchoWebSocket, options)) as harness:
+    with serve(Root(), config) as srv:
         proc = subprocess.run(
-            [sys.executable, "-c", _RUNNER, harness.url, cases],
+            [sys.executable, "-c", _RUNNER, srv.ws_url + "/echo", cases],
             capture_output=True,
             text=True,
             timeout=840,
