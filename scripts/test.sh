@@ -16,7 +16,7 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   fi
 fi
 scripts/setup.sh test,redis,dev
-.venv/bin/ruff check rtserver tests benchmarks examples
-.venv/bin/ruff format --check rtserver tests benchmarks examples
+.venv/bin/ruff check .
+.venv/bin/ruff format --check .
 .venv/bin/mypy rtserver
 .venv/bin/python -m pytest "$@"
