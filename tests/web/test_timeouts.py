@@ -63,7 +63,11 @@ def test_monitor_interrupts_a_handler_blocked_in_sleep():
 
 def test_monitor_without_interrupt_only_flags():
     state.update(finished=0, interrupted=0)
-    gconf = {"engine.timeout_monitor.frequency": 0.1, "engine.timeout_monitor.interrupt": False, "server.shutdown_timeout": 0.5}
+    gconf = {
+        "engine.timeout_monitor.frequency": 0.1,
+        "engine.timeout_monitor.interrupt": False,
+        "server.shutdown_timeout": 0.5,
+    }
     with serve(Root(), {"/hang": {"response.timeout": 0.2}}, global_config=gconf) as s:
         ok = []
         g = gevent.spawn(lambda: ok.append(s.get("/hang", timeout=1)))
