@@ -90,4 +90,11 @@ def _greenlets():
 
     from greenlet import greenlet
 
-    return [o for o in gc.get_objects() if isinstance(o, greenlet) and not o.dead]
+    live = []
+    for obj in gc.get_objects():
+        try:
+            if isinstance(obj, greenlet) and not obj.dead:
+                live.append(obj)
+        except ReferenceError:  # a weak proxy whose referent is gone
+            continue
+    return live

@@ -1,0 +1,1 @@
+"""Example applications of rtserver (run one with ``python -m examples.NAME``)."""

@@ -1,0 +1,1 @@
+../../static/rtserver.js

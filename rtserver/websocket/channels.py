@@ -1,0 +1,269 @@
+"""``ChannelSocket``: the server side of the browser client ``rtserver.js``.
+
+Mount it like any socket handler and the page's script can join channels, publish to
+them, see who is present and resume after a reconnect, with no socket code of yours::
+
+    import rtserver
+    from rtserver.websocket.channels import ChannelSocket, client_config
+
+    class Chat(ChannelSocket):
+        def can_join(self, channel):              # who may listen where
+            return channel.startswith("room:") and "nick" in self.session
+
+        def can_publish(self, channel, data):     # who may say what
+            return self.can_join(channel) and isinstance(data, str) and len(data) <= 500
+
+        def member_info(self, channel):           # how this socket shows in presence
+            return {"nick": self.session["nick"]}
+
+    class Root:
+        ws = Chat
+
+    config = {"/": {"tools.sessions.on": True}, **client_config()}   # serves /rtserver.js
+
+and in the page (an ES module; see the top of ``rtserver.js`` for its API)::
+
+    import { connect } from "/rtserver.js";
+    const rt = connect("/ws");
+    const room = rt.join("room:lobby", { history: 50 });
+    room.on("message", (msg) => show(msg.data));
+    room.publish("hello");
+
+The wire protocol (JSON text messages; every request may carry a ``ref`` the reply
+repeats, so the client can match them):
+
+client → server
+
+* ``{"op": "join", "channel": c, "since": id}``: subscribe; with ``since`` (the last
+  id the client saw) the missed messages come first, in order, none doubled (or a
+  ``gap`` notice when the hub no longer keeps them). Without ``since``, ``"history":
+  n`` asks for the last n messages (at most :attr:`ChannelSocket.history_limit`).
+* ``{"op": "leave", "channel": c}``
+* ``{"op": "publish", "channel": c, "data": ...}`` (the socket must have joined ``c``)
+* ``{"op": "presence", "channel": c}``: who is in ``c`` now
+* ``{"op": "ping"}``: an application-level keepalive (browsers cannot see WebSocket
+  pings, so the client's watchdog needs an answer it can observe)
+
+server → client
+
+* the hub's own messages, unchanged (see :mod:`rtserver.websocket.hub`):
+  ``{"channel", "id", "data"}``, ``{"channel", "id", "presence": {...}}`` and
+  ``{"channel", "gap": {"from", "to"}}``; history sent on a join has the same shape
+* ``{"op": "joined", "channel": c, "presence": {member_id: info}, "last": id}`` after
+  the history of a join: live messages follow the message ``last`` (0: the channel
+  keeps none), so a client that saw nothing newer resumes with ``since=last``
+* ``{"op": "left", "channel": c}``, ``{"op": "ok", "channel": c, "id": id}`` (a publish),
+  ``{"op": "presence", "channel": c, "members": {...}}``, ``{"op": "pong"}``
+* ``{"op": "error", "error": code, "message": text, "channel": c}``; ``code`` is
+  ``bad-request``, ``forbidden``, ``not-joined``, ``too-many-channels``,
+  ``unavailable`` (the broker is down: try again) or what a hook raised with
+  :class:`ChannelError`. The message is meant for people and never holds exception
+  details.
+
+Security: the upgrade's same-origin check (on by default) is what makes
+``self.session`` trustworthy here; everything a client sends is validated by the
+hooks, which deny nothing by default except malformed requests -- override
+:meth:`can_join` and :meth:`can_publish` in any real application.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from typing import Any
+
+from ..errors import BrokerUnavailable, HubError
+from .handler import WebSocket
+
+__all__ = ["CLIENT_PATH", "ChannelError", "ChannelSocket", "client_config", "client_path"]
+
+log = logging.getLogger("rtserver.channels")
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+
+#: Where ``rtserver.js`` is shipped inside the package (``rtserver/static/``).
+CLIENT_PATH = os.path.join(os.path.dirname(_HERE), "static", "rtserver.js")
+
+
+def client_path() -> str:
+    """The real path of the shipped ``rtserver.js``.
+
+    In a source checkout ``rtserver/static/rtserver.js`` is a symlink to the single
+    source, ``static/rtserver.js`` at the repository root; a wheel holds a copy.
+    """
+    return os.path.realpath(CLIENT_PATH)
+
+
+def client_config(path: str = "/rtserver.js") -> dict[str, dict[str, Any]]:
+    """A config section serving ``rtserver.js`` at ``path``: merge it into the app's.
+
+    ::
+
+        rtserver.quickstart(Root(), config={"/": {...}, **client_config()})
+    """
+    return {path: {"tools.staticfile.on": True, "tools.staticfile.filename": client_path()}}
+
+
+class ChannelError(Exception):
+    """Raise from a hook to refuse a request with a message the user may see.
+
+    ``ChannelError("Slow down: 3 messages in 10 s at most.", code="rate-limited")``
+    reaches the client as ``{"op": "error", "error": "rate-limited", "message": ...}``.
+    """
+
+    def __init__(self, message: str, code: str = "forbidden") -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code
+
+
+class ChannelSocket(WebSocket):
+    """A socket speaking ``rtserver.js``'s channel protocol (see the module docstring).
+
+    Hooks to override: :meth:`can_join`, :meth:`can_publish`, :meth:`prepare_publish`,
+    :meth:`member_info`; attributes :attr:`history_limit`, :attr:`max_channels`,
+    :attr:`max_request_size`, :attr:`announce_presence`. ``self.session`` is the
+    session of the page that opened the socket (``tools.sessions`` on for its path).
+    """
+
+    #: Most messages a join without ``since`` may ask for (the hub keeps
+    #: ``hub.history_size`` per channel).
+    history_limit = 50
+    #: Channels one socket may have joined at once.
+    max_channels = 20
+    #: Longest request accepted, in bytes (the runtime's own limit is larger).
+    max_request_size = 64 * 1024
+    #: Publish join and leave events of members to the channel (needs member_info).
+    announce_presence = True
+
+    # -- hooks ---------------------------------------------------------------------------
+
+    def can_join(self, channel: str) -> bool:
+        """Whether this socket may join ``channel``; raise :class:`ChannelError` to say why not.
+
+        The default allows every channel: restrict it in a real application.
+        """
+        return True
+
+    def can_publish(self, channel: str, data: Any) -> bool:
+        """Whether this socket may publish ``data`` to ``channel`` (joined already).
+
+        Raise :class:`ChannelError` for a message the user should see (too long,
+        too fast). The default allows everything.
+        """
+        return True
+
+    def prepare_publish(self, channel: str, data: Any) -> Any:
+        """What is published for an accepted ``data``: add the sender, a timestamp,
+        normalise. The default publishes ``data`` unchanged."""
+        return data
+
+    def member_info(self, channel: str) -> Any:
+        """This socket's presence info in ``channel`` (JSON-able, e.g. ``{"nick":
+        "ann"}``), or None to join without appearing in presence (the default)."""
+        return None
+
+    # -- the protocol --------------------------------------------------------------------
+
+    def received_message(self, message: Any) -> None:
+        """Decode one request and answer it (errors go back as ``op: error``)."""
+        if message.is_binary:
+            self._error(None, None, "bad-request", "Binary messages are not part of this protocol.")
+            return
+        raw = message.data
+        if len(raw) > self.max_request_size:
+            self._error(None, None, "bad-request", "Request too large.")
+            return
+        try:
+            request = json.loads(raw)
+        except ValueError:
+            request = None
+        if not isinstance(request, dict):
+            self._error(None, None, "bad-request", "Requests are JSON objects with an 'op'.")
+            return
+        ref = request.get("ref")
+        if ref is not None and not isinstance(ref, (int, str)):
+            ref = None
+        op = request.get("op")
+        if op == "ping":
+            self._reply(ref, {"op": "pong"})
+            return
+        channel = request.get("channel")
+        if not isinstance(channel, str) or not channel or len(channel) > 200 or channel.startswith("__"):
+            self._error(ref, None, "bad-request", "A request needs a channel name (1-200 characters).")
+            return
+        try:
+            if op == "join":
+                self._join(ref, channel, request)
+            elif op == "leave":
+                self.leave(channel)
+                self._reply(ref, {"op": "left", "channel": channel})
+            elif op == "publish":
+                self._publish(ref, channel, request.get("data"))
+            elif op == "presence":
+                self._reply(ref, {"op": "presence", "channel": channel, "members": self._hub().presence(channel)})
+            else:
+                self._error(ref, channel, "bad-request", f"Unknown op {str(op)[:40]!r}.")
+        except ChannelError as exc:
+            self._error(ref, channel, exc.code, exc.message)
+        except BrokerUnavailable:
+            self._error(ref, channel, "unavailable", "The message service is unavailable; try again shortly.")
+        except HubError as exc:
+            log.warning("channels: %s refused: %s", op, exc)
+            self._error(ref, channel, "bad-request", "Request refused.")
+
+    def _join(self, ref: Any, channel: str, request: dict[str, Any]) -> None:
+        if channel in self.channels:
+            self._reply(ref, {"op": "joined", "channel": channel, "presence": self._presence(channel)})
+            return
+        if len(self.channels) >= self.max_channels:
+            raise ChannelError(f"At most {self.max_channels} channels at once.", code="too-many-channels")
+        if not self.can_join(channel):
+            raise ChannelError("You may not join this channel.")
+        since = request.get("since")
+        if since is not None and (isinstance(since, bool) or not isinstance(since, int) or since < 0):
+            raise ChannelError("'since' is a message id (a whole number).", code="bad-request")
+        if since is None:
+            wanted = request.get("history", 0)
+            if isinstance(wanted, bool) or not isinstance(wanted, int) or wanted < 0:
+                raise ChannelError("'history' is a number of messages.", code="bad-request")
+            # Send the newest ``wanted`` data messages, then resume right after the
+            # newest kept id: nothing published meanwhile is lost or doubled.
+            kept = self._hub().history(channel)
+            since = int(kept[-1]["id"]) if kept else 0
+            count = min(wanted, self.history_limit)
+            recent = [m for m in kept if "data" in m and not isinstance(m["data"], bytes)]
+            for item in recent[-count:] if count else []:
+                self.send_json(item)
+        info = self.member_info(channel)
+        self.join(channel, member=info, since=since, announce=self.announce_presence and info is not None)
+        self._reply(
+            ref,
+            {"op": "joined", "channel": channel, "presence": self._presence(channel), "last": since},
+        )
+
+    def _publish(self, ref: Any, channel: str, data: Any) -> None:
+        if channel not in self.channels:
+            raise ChannelError("Join the channel before publishing to it.", code="not-joined")
+        if not self.can_publish(channel, data):
+            raise ChannelError("You may not publish to this channel.")
+        msg_id = self.publish(channel, self.prepare_publish(channel, data))
+        self._reply(ref, {"op": "ok", "channel": channel, "id": msg_id})
+
+    def _presence(self, channel: str) -> dict[str, Any]:
+        try:
+            return self._hub().presence(channel)
+        except BrokerUnavailable:
+            return {}
+
+    def _reply(self, ref: Any, reply: dict[str, Any]) -> None:
+        if ref is not None:
+            reply["ref"] = ref
+        self.send_json(reply)
+
+    def _error(self, ref: Any, channel: str | None, code: str, text: str) -> None:
+        reply: dict[str, Any] = {"op": "error", "error": code, "message": text}
+        if channel is not None:
+            reply["channel"] = channel
+        self._reply(ref, reply)
