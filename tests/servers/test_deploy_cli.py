@@ -128,12 +128,19 @@ def test_workers_need_a_shared_hub() -> None:
     assert "--workers must be at least 1" in result.stderr
 
 
-def _pids(port: int, want: int, tries: int = 300) -> set[str]:
+def _pids(port: int, want: int, seconds: float = 15) -> set[str]:
+    """The worker pids that answer within ``seconds`` (stops once ``want`` are seen).
+
+    A worker that is still starting answers nothing; one that is busy lets the other
+    accept: keep asking for a while rather than a fixed number of times.
+    """
     seen: set[str] = set()
-    for _ in range(tries):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
         seen.add(fetch(f"http://127.0.0.1:{port}/pid")[1])
         if len(seen) >= want:
             break
+        time.sleep(0.01)
     return seen
 
 
@@ -155,7 +162,7 @@ def test_workers_share_the_socket_are_replaced_and_stop(broker_url: str, tmp_pat
         now: set[str] = set()
         while time.monotonic() < deadline:
             try:
-                now = _pids(port, 2, tries=50)
+                now = _pids(port, 2, seconds=1)
             except OSError:
                 continue
             if len(now) == 2 and str(victim) not in now:
