@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import importlib.util
 import shutil
 import sys
+import time
 from pathlib import Path
 
 import pytest
+from conftest import need
 
 from .deploy_support import fetch, free_port, spawn, stop, wait_http
 
-pytest.importorskip("gunicorn")
+
+@pytest.fixture(autouse=True)
+def _gunicorn_installed() -> None:
+    need(importlib.util.find_spec("gunicorn") is not None, "gunicorn is not installed (the test extra)")
 
 
 def _gunicorn_args(port: int, *extra: str) -> list[str]:
@@ -30,7 +36,13 @@ def test_gunicorn_worker_serves_pages_and_sockets() -> None:
     try:
         wait_http(f"http://127.0.0.1:{port}/", proc)
         assert fetch(f"http://127.0.0.1:{port}/") == (200, "Hello from rtserver")
-        pids = {fetch(f"http://127.0.0.1:{port}/pid")[1] for _ in range(40)}
+        # Both workers up (the second may still be booting when the first answers).
+        pids: set[str] = set()
+        deadline = time.monotonic() + 15
+        while len(pids) < 2 and time.monotonic() < deadline:
+            pids.add(fetch(f"http://127.0.0.1:{port}/pid")[1])
+            time.sleep(0.01)
+        assert len(pids) == 2, pids
         assert str(proc.pid) not in pids  # served by the workers, not the arbiter
         from websockets.sync.client import connect
 

@@ -16,16 +16,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 
 import rtserver
 import rtserver.web.sessions
 from rtserver.errors import SessionLockTimeout
 from rtserver.testing import serve
+from rtserver.web.session_redis import RedisSession
 from rtserver.web.sessions import generate_id, session
-
-redis = pytest.importorskip("redis")
-
-from rtserver.web.session_redis import RedisSession  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 
