@@ -17,6 +17,7 @@ from __future__ import annotations
 from typing import Any
 
 from . import errors, websocket
+from . import stats as _stats  # noqa: F401 - registers tools.stats
 from .bus.bus import Bus
 from .bus.plugins import Monitor, PIDFile, SignalHandler, SimplePlugin, TimeoutMonitor
 from .errors import (

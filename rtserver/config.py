@@ -135,6 +135,9 @@ _UNARY: dict[type, Callable[[Any], Any]] = {
     ast.Not: operator.not_,
 }
 _MAX_POWER = 1 << 16  # 2 ** 65536 is plenty for a config file and cannot hang us
+# Integers of more bits are refused before they are computed: (9 ** 65536) ** 65536
+# or a long product of big powers would otherwise take minutes and gigabytes.
+_MAX_INT_BITS = 2 * _MAX_POWER
 _MAX_LITERAL_LEN = 64 * 1024
 
 
@@ -149,9 +152,12 @@ def literal(text: str) -> Any:
         raise ValueError("value is too long")
     try:
         tree = ast.parse(text.strip(), mode="eval")
+        return _eval(tree.body)
     except SyntaxError as exc:
         raise ValueError(f"not a Python literal ({exc.msg})") from None
-    return _eval(tree.body)
+    except (MemoryError, RecursionError):
+        # CPython's parser and our evaluator give up on operators nested thousands deep.
+        raise ValueError("value is nested too deeply") from None
 
 
 def _eval(node: ast.AST) -> Any:
@@ -175,7 +181,12 @@ def _eval(node: ast.AST) -> Any:
             _number(left)
             if abs(_number(right)) > _MAX_POWER:
                 raise ValueError("exponent too large")
+            if isinstance(left, int) and isinstance(right, int) and left.bit_length() * right > _MAX_INT_BITS:
+                raise ValueError("number too large")
         elif isinstance(node.op, ast.Mult):
+            if isinstance(left, int) and isinstance(right, int):
+                if left.bit_length() + right.bit_length() > _MAX_INT_BITS:
+                    raise ValueError("number too large")
             for a, b in ((left, right), (right, left)):
                 if isinstance(a, (str, bytes, list, tuple)) and isinstance(b, int):
                     if len(a) * b > _MAX_LITERAL_LEN:
@@ -216,6 +227,8 @@ def read_file(filename: str | os.PathLike[str]) -> dict[str, dict[str, Any]]:
         raise ConfigError(f"cannot read config file {os.fspath(filename)!r}: {exc}") from None
     except configparser.Error as exc:
         raise ConfigError(f"{os.fspath(filename)}: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{os.fspath(filename)}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     result: dict[str, dict[str, Any]] = {}
     for section in parser.sections():
         values: dict[str, Any] = {}

@@ -164,12 +164,14 @@ class Server:
     def subscribe(self) -> None:
         """Follow the engine: start with it, stop with it."""
         self.engine.subscribe("start", self.start)
+        self.engine.subscribe("stop", self.stop_accepting)
         self.engine.subscribe("stop", self.stop)
         self.engine.subscribe("graceful", self.graceful)
 
     def unsubscribe(self) -> None:
         """Stop following the engine."""
         self.engine.unsubscribe("start", self.start)
+        self.engine.unsubscribe("stop", self.stop_accepting)
         self.engine.unsubscribe("stop", self.stop)
         self.engine.unsubscribe("graceful", self.graceful)
 
@@ -229,6 +231,18 @@ class Server:
         self.engine.log(f"Serving on {self.base_url}")
 
     start.priority = 75  # type: ignore[attr-defined]  # after plugins the app needs
+
+    def stop_accepting(self) -> None:
+        """Close the listening socket first when the engine stops: while open
+        WebSockets get their 1001 (priority 20), new connections are refused and
+        requests in flight go on; :meth:`stop` then waits for them.
+        """
+        if self.running and self.httpserver is not None:
+            close = getattr(self.httpserver, "stop_accepting", None)
+            if close is not None:  # the gevent server (cheroot stops in one step)
+                close()
+
+    stop_accepting.priority = 10  # type: ignore[attr-defined]  # before the sockets' drain (20)
 
     def stop(self) -> None:
         """Stop accepting, let requests in flight finish (``shutdown_timeout``)."""

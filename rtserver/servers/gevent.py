@@ -99,6 +99,21 @@ class _ClientGone(Exception):
     """Writing to the client failed; the connection is dead (internal)."""
 
 
+class _StreamServer(StreamServer):  # type: ignore[misc]
+    """gevent's StreamServer, leaving open the sockets handed over to a takeover."""
+
+    def __init__(self, listener: Any, handle: Any, handed_over: set[Any]) -> None:
+        super().__init__(listener, handle)
+        self._handed_over = handed_over
+
+    def do_close(self, sock: Any, *args: Any) -> None:
+        handed_over = self._handed_over
+        if handed_over and sock in handed_over:
+            handed_over.discard(sock)  # the takeover greenlet closes it
+            return
+        sock.close()
+
+
 class _Connection:
     """One client connection, served by :meth:`run` in its own greenlet."""
 
@@ -133,6 +148,9 @@ class _Connection:
         self._no_body = False
         self._keep = True
         self._sent = 0
+        #: ``(takeover, leftover)`` once a 101 was sent: run by the server after
+        #: this object and the HTTP call stack are gone (see ``_take_over``).
+        self.takeover: tuple[Callable[[Any, bytes], None], bytes] | None = None
 
     # -- socket helpers ----------------------------------------------------------
 
@@ -186,7 +204,8 @@ class _Connection:
         except Exception:
             self.log.exception("error serving a connection")
         finally:
-            self.close(linger)
+            if self.takeover is None:
+                self.close(linger)
 
     def _serve(self) -> bool:
         """The request loop; returns whether to close with a linger."""
@@ -313,6 +332,11 @@ class _Connection:
                     pass  # the contract says empty; run it for its side effects
                 iterable, result = result, None
                 _close_iterable(iterable, self.log)
+                # The connection outlives this request: drop what points back here.
+                env.pop("rtserver.upgrade", None)
+                env.pop("rtserver.interrupt", None)
+                if body is not EMPTY_BODY:
+                    env["wsgi.input"] = EMPTY_BODY
                 self._upgrade(takeover, body, buf)
                 return None
             if type(result) is list or type(result) is tuple:
@@ -376,7 +400,7 @@ class _Connection:
             self._sendall(_CONTINUE)
 
     def _upgrade(self, takeover: Callable[[Any, bytes], None], body: Any, buf: bytes) -> None:
-        """Write the 101 head as given and hand the socket to ``takeover``."""
+        """Write the 101 head as given; the server then hands the socket to ``takeover``."""
         if body is not EMPTY_BODY:
             if not body.finished and not body.drain(self.options.max_drain_size):
                 self._dead = True
@@ -389,10 +413,7 @@ class _Connection:
         self._timeout = -1.0
         self.sock.settimeout(None)
         self._dead = True  # never used for HTTP again; closed without linger
-        try:
-            takeover(self.sock, buf)
-        except Exception:
-            self.log.exception("error in connection takeover")
+        self.takeover = (takeover, buf)
 
     # -- the response ----------------------------------------------------------------
 
@@ -585,8 +606,11 @@ class GeventHTTPServer:
         self.log = log if log is not None else logging.getLogger("rtserver.server")
         self._server: StreamServer | None = None
         self._listener: Any = None
+        self._bound: tuple[str, int] | str | None = None  # set by stop_accepting()
         self._unix_path: str | None = None
         self._connections: dict[Any, _Connection] = {}
+        self._handed_over: set[Any] = set()  # accepted sockets a takeover now owns
+        self._taken_over: set[Any] = set()  # the (raw) greenlets running takeovers
         self._stopping = False
         self._server_name = ""
         self._server_port = ""
@@ -607,7 +631,7 @@ class GeventHTTPServer:
             if host in ("0.0.0.0", "::"):
                 host = socket.gethostname()
             self._server_name, self._server_port = host, str(port)
-        self._server = StreamServer(listener, self._handle)
+        self._server = _StreamServer(listener, self._handle, self._handed_over)
         try:
             self._server.start()
         except BaseException:
@@ -615,25 +639,43 @@ class GeventHTTPServer:
             self._server = None
             raise
 
-    def stop(self, timeout: float = 5.0) -> None:
-        """Stop accepting; let requests in flight finish for up to ``timeout``
-        seconds, closing idle keep-alive connections at once; then close the rest.
+    def stop_accepting(self) -> None:
+        """Close the listening socket: new connections are refused, open ones are
+        served on (each closes after its response in flight). :meth:`stop` follows.
         """
+        if self._listener is not None and self._bound is None:
+            try:
+                self._bound = self.bound_address  # still answerable once closed
+            except OSError:  # a listener given to us and already closed by its owner
+                pass
         self._stopping = True
         if self._server is not None:
             self._server.close()
             self._server = None
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop accepting; let requests in flight finish for up to ``timeout``
+        seconds, closing idle keep-alive connections at once; then close the rest.
+        """
+        self.stop_accepting()
         deadline = monotonic() + timeout
         while True:
             for glet, conn in list(self._connections.items()):
                 if conn.idle and not conn.closing:
                     conn.closing = True
                     glet.kill(block=False)
-            if not self._connections or monotonic() >= deadline:
+            if (not self._connections and not self._taken_over) or monotonic() >= deadline:
                 break
             gevent.sleep(0.01)
         if self._connections:
             gevent.killall(list(self._connections), block=True, timeout=1.0)
+        if self._taken_over:
+            for glet in list(self._taken_over):
+                if glet:  # started and not dead: GreenletExit at its blocking point
+                    gevent.kill(glet)
+            end = monotonic() + 1.0
+            while self._taken_over and monotonic() < end:
+                gevent.sleep(0.01)
         if self._unix_path is not None:
             try:
                 os.unlink(self._unix_path)
@@ -641,10 +683,13 @@ class GeventHTTPServer:
                 pass
             self._unix_path = None
         self._listener = None
+        self._bound = None
 
     @property
     def bound_address(self) -> tuple[str, int] | str:
         """The address actually listened on: ``(host, port)``, or a Unix path."""
+        if self._bound is not None:
+            return self._bound
         if self._listener is None:
             raise RuntimeError("server not started")
         if self._listener.family == socket.AF_UNIX:
@@ -656,7 +701,7 @@ class GeventHTTPServer:
     @property
     def connection_count(self) -> int:
         """How many connections are open now."""
-        return len(self._connections)
+        return len(self._connections) + len(self._taken_over)
 
     def _listen(self) -> Any:
         addr = self.bind_addr
@@ -696,7 +741,7 @@ class GeventHTTPServer:
         if self._stopping:
             sock.close()
             return
-        if len(self._connections) >= opts.max_connections:
+        if len(self._connections) + len(self._taken_over) >= opts.max_connections:
             self._reject(sock)
             return
         family = sock.family
@@ -707,6 +752,7 @@ class GeventHTTPServer:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             except OSError:
                 pass
+        accepted = sock
         tls = self.ssl_context is not None
         if tls:
             sock = self._wrap_tls(sock)
@@ -737,8 +783,27 @@ class GeventHTTPServer:
         self._connections[glet] = conn
         try:
             conn.run()
+            pending = conn.takeover
         finally:
             self._connections.pop(glet, None)
+        if pending is not None:
+            # Run the takeover in a new greenlet and let this one end: the HTTP
+            # state, the request's context variables and the Python stack pages
+            # touched deep in the application are freed, not kept for the life of
+            # a WebSocket (about 8 KiB per idle socket). A raw greenlet: ~0.8 KiB
+            # less than a gevent Greenlet (object and saved C stack).
+            self._handed_over.add(accepted)
+            self._taken_over.add(gevent.spawn_raw(self._take_over, sock, pending[0], pending[1]))
+
+    def _take_over(self, sock: Any, takeover: Callable[[Any, bytes], None], leftover: bytes) -> None:
+        """Run ``takeover(sock, leftover)`` (docs/internals.md §1), then close ``sock``."""
+        try:
+            takeover(sock, leftover)
+        except Exception:
+            self.log.exception("error in connection takeover")
+        finally:
+            self._taken_over.discard(gevent.getcurrent())
+            sock.close()
 
     def _wrap_tls(self, sock: Any) -> Any:
         """The TLS socket for ``sock`` after its handshake, or None (closed)."""

@@ -40,6 +40,10 @@ __all__ = ["Application", "ForeignApp", "Tree"]
 access_log = logging.getLogger("rtserver.access")
 error_log = logging.getLogger("rtserver.error")
 
+#: Process-wide request counters read by ``rtserver.stats``: ``timeouts`` counts
+#: requests answered 503 because they ran past ``response.timeout``.
+counters: dict[str, int] = {"timeouts": 0}
+
 declare(
     "request.show_tracebacks",
     False,
@@ -336,6 +340,7 @@ class Application:
             # raised by before_finalize or on_end_resource hooks
             self._set_http_exception(request, response, exc)
         except errors.TimeoutError:
+            counters["timeouts"] += 1
             self._error_response(request, response, "503 Service Unavailable", "The response timed out.", hooks)
         except (KeyboardInterrupt, SystemExit):
             raise

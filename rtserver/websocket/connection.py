@@ -8,11 +8,12 @@
   every frame of the read to the handler's callbacks (``opened``,
   ``received_message``, ``ponged``, ``closed``);
 * writes never block the caller: frames are queued whole (so they never interleave)
-  and flushed by a hub callback as soon as the sender yields, the replies to one
-  read in one system call; a flusher greenlet exists only while the kernel refuses
-  data;
-* the recv timeout drives keepalive pings, the pong deadline and the closing
-  handshake timeout: no timer greenlet per connection;
+  and flushed as soon as the sender yields, by one hub callback for every
+  connection written meanwhile, the replies to one read in one system call; a
+  flusher greenlet exists only while the kernel refuses data;
+* an idle socket waits with no timer: one greenlet per thread (``_PingWatch``)
+  wakes it when a keepalive ping is due; the recv timeout drives the pong
+  deadline and the closing handshake timeout;
 * a queue over ``send_queue_size`` marks a slow consumer, closed with
   ``slow_consumer_close_code``.
 
@@ -34,6 +35,7 @@ import ssl
 import struct
 import time
 import types
+import uuid
 from collections.abc import Callable, Iterable
 from typing import Any, cast
 from typing import Protocol as TypingProtocol
@@ -65,7 +67,16 @@ except ImportError:  # pragma: no cover - pure-Python websockets build
 from .handshake import Handshake
 from .options import WebSocketOptions
 
-__all__ = ["Registry", "create_handler", "prepare_frame", "run_handler", "runtime_class", "serve"]
+__all__ = [
+    "Counters",
+    "Registry",
+    "counters",
+    "create_handler",
+    "prepare_frame",
+    "run_handler",
+    "runtime_class",
+    "serve",
+]
 
 log = logging.getLogger("rtserver.websocket")
 
@@ -79,6 +90,25 @@ _BATCH = 256 * 1024  # small queued frames are joined up to this size per send
 _Utf8Decoder = codecs.getincrementaldecoder("utf-8")
 _thread_ident = get_original("_thread", "get_ident")
 _recv_buffers: dict[int, tuple[bytearray, memoryview]] = {}
+
+
+class Counters:
+    """Process-wide message counters of the runtime, read by :mod:`rtserver.stats`.
+
+    Data messages and their payload bytes, each way, and slow consumers closed.
+    Plain integer adds on the hot path: no lock, greenlets of one thread never
+    interleave inside one.
+    """
+
+    __slots__ = ("bytes_in", "bytes_out", "messages_in", "messages_out", "slow_consumers")
+
+    def __init__(self) -> None:
+        self.messages_in = self.bytes_in = self.messages_out = self.bytes_out = 0
+        self.slow_consumers = 0
+
+
+#: The counters of this process.
+counters = Counters()
 
 try:  # the code object of Frame.parse, to find a frame being received (fail fast)
     _FRAME_PARSE_CODE: Any = Frame.parse.__func__.__code__  # type: ignore[attr-defined]
@@ -133,6 +163,20 @@ def prepare_frame(payload: str | bytes | bytearray | memoryview, binary: bool = 
 class _ServerProtocol(Protocol):
     """websockets' protocol, accepting a close frame between fragments."""
 
+    # websockets gives each connection a uuid4 for its logs (~180 bytes kept per
+    # idle socket); the one set by __init__ is dropped, one is made if ever read.
+    @property
+    def id(self) -> uuid.UUID:  # type: ignore[override]
+        """A unique identifier for logs (made on first use)."""
+        value: uuid.UUID | None = self.__dict__.get("_rt_id")
+        if value is None:
+            value = self.__dict__["_rt_id"] = uuid.uuid4()
+        return value
+
+    @id.setter
+    def id(self, value: uuid.UUID) -> None:
+        pass
+
     def recv_frame(self, frame: Frame) -> None:
         """RFC 6455 §5.4: control frames, close included, may come between fragments."""
         if frame.opcode is _CLOSE:
@@ -152,6 +196,7 @@ class _Connection:
         "flusher",
         "handler",
         "handshake",
+        "idle_since",
         "local_close",
         "msg_lock",
         "options",
@@ -164,6 +209,7 @@ class _Connection:
         "ping_count",
         "pong_deadline",
         "proto",
+        "raw",
         "reader",
         "sock",
         "ssl",
@@ -181,6 +227,8 @@ class _Connection:
         self.reader: Any = None
         self.fast = not proto.extensions  # no extension: frames are built here
         self.ssl = hasattr(sock, "_sslobj")
+        # gevent's non-blocking OS socket under ``sock``: sends skip gevent's wrapper.
+        self.raw = None if self.ssl else getattr(sock, "_sock", None)
         self.out: list[Any] = []  # a list: 56 bytes idle where a deque costs ~600
         self.out_bytes = 0
         self.flusher: Any = None
@@ -197,6 +245,7 @@ class _Connection:
         self.stop_delivery = False
         self.ping_count = 0
         self.out_closed = False
+        self.idle_since = 0.0  # monotonic time of the last read (or keepalive ping)
 
     # -- writing -----------------------------------------------------------------
 
@@ -204,6 +253,9 @@ class _Connection:
         """Write what the kernel takes now, without blocking; return the count."""
         sock = self.sock
         try:
+            raw = self.raw
+            if raw is not None:  # gevent's OS socket: non-blocking, no wrapper
+                return int(raw.send(data))
             if not self.ssl:
                 return int(sock.send(data, 0, 0.0))
             timeout = sock.gettimeout()
@@ -230,7 +282,7 @@ class _Connection:
             self.out_bytes += len(data)
         if self.flusher is None:
             self.flusher = _SCHEDULED
-            get_hub().loop.run_callback(self._flush_soon)
+            _flush_later(self)
 
     def _flush_soon(self) -> None:
         # Runs in the hub: must not block.
@@ -378,6 +430,7 @@ class _Connection:
         """Close a peer that does not read fast enough, keeping memory bounded."""
         if self.aborted or self.local_close is not None:
             return
+        counters.slow_consumers += 1
         code = self.options.slow_consumer_close_code
         log.warning(
             "WebSocket %s: slow consumer, %d bytes queued (send_queue_size %d); closing %d",
@@ -410,6 +463,8 @@ class _Connection:
         self._wait_message_lock()
         if self.out_closed or not self.admit():
             return False
+        counters.messages_out += 1
+        counters.bytes_out += len(data)
         if self.fast:
             header = _header(0x80 | opcode, len(data))
             if len(data) < _COALESCE:
@@ -426,6 +481,7 @@ class _Connection:
         if self.msg_lock is None:
             self.msg_lock = Semaphore()
         with self.msg_lock:
+            counters.messages_out += 1
             first, pending = True, None
             for chunk in chunks:
                 if pending is not None:
@@ -438,6 +494,7 @@ class _Connection:
     def _fragment(self, opcode: int, data: Any, first: bool, fin: bool) -> bool:
         if self.out_closed or not self.admit():
             return False
+        counters.bytes_out += len(data)
         if self.fast:
             op = opcode if first else _CONT
             self.write(_header((0x80 if fin else 0) | op, len(data)) + bytes(data))
@@ -447,11 +504,37 @@ class _Connection:
         return True
 
     def send_prepared(self, frame: bytes) -> bool:
-        """Send a frame from :func:`prepare_frame` as is."""
-        self._wait_message_lock()
+        """Send a frame from :func:`prepare_frame` as is.
+
+        From another greenlet (a broadcast) with nothing queued, the frame is written
+        at once, without blocking: the peer gets it while the broadcast goes on. The
+        frames sent to this socket after it, until the broadcaster yields, are
+        queued and go out together in one system call (a burst), all sockets'
+        queues flushed by one hub callback.
+        """
+        if self.msg_lock is not None:
+            self._wait_message_lock()
         if self.out_closed or not self.admit():
             return False
-        self.write(frame)
+        counters.messages_out += 1
+        n = frame[1] & 0x7F  # payload bytes: the frame less its header (§5.2)
+        counters.bytes_out += len(frame) - (2 if n < 126 else 4 if n == 126 else 10)
+        raw = self.raw
+        if raw is None or self.flusher is not None or self.out or self.aborted or getcurrent() is self.reader:
+            self.write(frame)  # behind queued data, or with the replies to a read
+            return True
+        try:
+            sent = raw.send(frame)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError as exc:
+            self._lost(exc)
+            return True
+        if sent < len(frame):
+            self.write(memoryview(frame)[sent:] if sent else frame)
+        else:  # what follows until the sender yields is queued, then sent at once
+            self.flusher = _SCHEDULED
+            _flush_later(self)
         return True
 
     def send_control(self, opcode: int, data: bytes) -> bool:
@@ -484,33 +567,48 @@ class _Connection:
         sock, proto = self.sock, self.proto
         buf, view = _shared_buffer()
         ping_interval = self.options.ping_interval
-        while not self.aborted and proto.state is not CLOSED:
-            if self.close_deadline is not None:
-                timeout: float | None = self.close_deadline - time.monotonic()
-            elif self.pong_deadline is not None:
-                timeout = self.pong_deadline - time.monotonic()
-            else:
-                timeout = ping_interval
-            if timeout is not None and timeout <= 0:
-                self._on_timeout()
-                continue
-            sock.settimeout(timeout)
-            try:
-                n = sock.recv_into(buf)
-            except _Wakeup:
-                continue
-            except TimeoutError:
-                self._on_timeout()
-                continue
-            except OSError as exc:
-                self._lost(exc)
-                break
-            if not n:
-                proto.receive_eof()
-                self.flush_protocol()
-                break
-            proto.receive_data(view[:n])  # type: ignore[arg-type]  # copied at once
-            self.process()
+        watch = None
+        if ping_interval is not None:
+            # An idle socket waits with no timeout (a timer per waiting socket costs
+            # ~0.6 KiB); the thread's _PingWatch wakes it when a ping is due.
+            self.idle_since = time.monotonic()
+            watch = _ping_watch()
+            watch.add(self, ping_interval)
+        try:
+            while not self.aborted and proto.state is not CLOSED:
+                if self.close_deadline is not None:
+                    timeout: float | None = self.close_deadline - time.monotonic()
+                elif self.pong_deadline is not None:
+                    timeout = self.pong_deadline - time.monotonic()
+                elif ping_interval is not None:
+                    timeout = None if time.monotonic() - self.idle_since < ping_interval else 0.0
+                else:
+                    timeout = None
+                if timeout is not None and timeout <= 0:
+                    self._on_timeout()
+                    continue
+                sock.settimeout(timeout)
+                try:
+                    n = sock.recv_into(buf)
+                except _Wakeup:
+                    continue
+                except TimeoutError:
+                    self._on_timeout()
+                    continue
+                except OSError as exc:
+                    self._lost(exc)
+                    break
+                if not n:
+                    proto.receive_eof()
+                    self.flush_protocol()
+                    break
+                if watch is not None:
+                    self.idle_since = time.monotonic()
+                proto.receive_data(view[:n])  # type: ignore[arg-type]  # copied at once
+                self.process()
+        finally:
+            if watch is not None:
+                watch.conns.discard(self)
 
     def feed(self, data: bytes) -> None:
         """Process bytes read before the takeover (the request's leftover)."""
@@ -535,6 +633,7 @@ class _Connection:
                 self.abort()
             return
         self.ping_count += 1
+        self.idle_since = now  # the next ping after another interval of silence
         self.send_control(_PING, struct.pack("!I", self.ping_count & 0xFFFFFFFF))
         if self.options.ping_timeout is not None:
             self.pong_deadline = now + self.options.ping_timeout
@@ -640,6 +739,9 @@ class _Connection:
         self.flush_protocol()
 
     def _deliver(self, message: Message) -> None:
+        c = counters
+        c.messages_in += 1
+        c.bytes_in += len(message.data)
         self._callback(self.handler.received_message, message)
 
     def _callback(self, method: Callable[..., Any], *args: Any) -> bool:
@@ -701,6 +803,90 @@ class _Connection:
         self.aborted = True
         self.out.clear()
         self.out_bytes = 0
+
+
+_flush_batches: dict[int, list[_Connection]] = {}
+
+
+def _flush_later(conn: _Connection) -> None:
+    """Have ``conn``'s queue flushed when the current greenlet yields.
+
+    One hub callback per thread and loop turn flushes every connection written
+    meanwhile (a broadcast to 5,000 sockets: one callback, not 5,000).
+    """
+    ident = _thread_ident()
+    batch = _flush_batches.get(ident)
+    if batch is None:
+        batch = _flush_batches[ident] = []
+    if not batch:
+        get_hub().loop.run_callback(_flush_batch, batch)
+    batch.append(conn)
+
+
+def _flush_batch(batch: list[_Connection]) -> None:
+    # Runs in the hub: must not block. Writes made meanwhile start a new batch.
+    conns = batch[:]
+    del batch[:]
+    for conn in conns:
+        try:
+            conn._flush_soon()
+        except Exception:  # pragma: no cover - a bug of ours; flush the others
+            log.exception("WebSocket: flushing a connection failed")
+
+
+class _PingWatch:
+    """Wakes the idle connections of one thread when a keepalive ping is due.
+
+    One greenlet per thread, alive while some connection has a ``ping_interval``,
+    instead of a timer per waiting socket; it looks every ``tick`` seconds (at most
+    a quarter of the shortest interval, at most 1 s). Connections waiting for a
+    pong or a close use their socket timeout as before.
+    """
+
+    __slots__ = ("conns", "glet", "tick")
+
+    def __init__(self) -> None:
+        self.conns: set[_Connection] = set()
+        self.glet: Any = None
+        self.tick = 1.0
+
+    def add(self, conn: _Connection, interval: float) -> None:
+        self.conns.add(conn)
+        tick = min(1.0, max(0.001, interval / 4))
+        if self.glet is None:
+            self.tick = tick
+            self.glet = gevent.spawn_raw(self._run)
+        elif tick < self.tick:
+            self.tick = tick
+
+    def _run(self) -> None:
+        conns = self.conns
+        try:
+            while conns:
+                gevent.sleep(self.tick)
+                now = time.monotonic()
+                for conn in list(conns):
+                    interval = conn.options.ping_interval
+                    if (
+                        interval is not None
+                        and conn.pong_deadline is None
+                        and conn.close_deadline is None
+                        and now - conn.idle_since >= interval
+                    ):
+                        conn.wake()
+        finally:
+            self.glet = None
+
+
+_ping_watches: dict[int, _PingWatch] = {}
+
+
+def _ping_watch() -> _PingWatch:
+    ident = _thread_ident()
+    watch = _ping_watches.get(ident)
+    if watch is None:
+        watch = _ping_watches[ident] = _PingWatch()
+    return watch
 
 
 class _EngineLog(logging.LoggerAdapter):  # type: ignore[type-arg]
@@ -871,6 +1057,7 @@ def run_handler(handler: Any, leftover: bytes, *, registry: Registry | None = No
     """
     conn = handler._rt_conn
     conn.reader = getcurrent()
+    conn.handshake.response_headers.clear()  # sent with the 101: ~300 bytes a socket
     registered = False
     try:
         if conn._callback(handler.opened):
@@ -895,6 +1082,12 @@ def run_handler(handler: Any, leftover: bytes, *, registry: Registry | None = No
             log.exception("WebSocket %s: closed() raised", conn._peer())
         if registered and registry is not None:
             registry.discard(handler)
+        # Break the cycles handler <-> connection and protocol <-> its parser
+        # generator: a closed connection is then freed at once by reference
+        # counting. Left to the cyclic collector, thousands of closed connections
+        # pile up between full collections under churn (benchmarks/soak.py).
+        conn.handler = None
+        conn.proto.parser.close()
 
 
 def serve(

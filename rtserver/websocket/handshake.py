@@ -17,7 +17,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from websockets.datastructures import Headers
-from websockets.exceptions import InvalidHeaderFormat, NegotiationError
+from websockets.exceptions import InvalidHeader, InvalidHeaderFormat, NegotiationError
 from websockets.extensions.base import Extension
 from websockets.extensions.permessage_deflate import ServerPerMessageDeflateFactory
 from websockets.headers import build_extension, parse_extension, parse_subprotocol
@@ -35,7 +35,7 @@ _DEFAULT_PORTS = {"http": "80", "ws": "80", "https": "443", "wss": "443"}
 HeadersLike = Mapping[str, str] | Iterable[tuple[str, str]]
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(slots=True)  # one per open socket: no __dict__
 class Handshake:
     """An accepted opening handshake.
 
@@ -165,7 +165,10 @@ def _as_headers(headers: HeadersLike) -> Headers:
     items = headers.items() if isinstance(headers, Mapping) else headers
     result = Headers()
     for name, value in items:
-        result[str(name)] = str(value)
+        try:
+            result[str(name)] = str(value)
+        except InvalidHeader:  # a control character in a value: RFC 9110 §5.5
+            raise HandshakeError(400, "malformed header field") from None
     return result
 
 

@@ -751,6 +751,10 @@ class Hub:
             "connected": broker.connected if broker is not None else False,
         }
 
+    def channel_sizes(self) -> dict[str, int]:
+        """``{channel: sockets of this process subscribed}`` for every local channel."""
+        return {name: len(ch.subs) for name, ch in list(self._channels.items())}
+
 
 def _decode(entry: Entry) -> dict[str, Any]:
     if entry.kind == BINARY:

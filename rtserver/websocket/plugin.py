@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from typing import Any
 
 from ..bus.plugins import SimplePlugin
@@ -28,6 +29,8 @@ class WebSocketPlugin(SimplePlugin):
         self.stopping = False
         self.close_timeout = 10.0
         self.opened_total = 0
+        #: Refused upgrades by ``(status, reason)`` (``tools.websocket``; rtserver.stats).
+        self.handshake_failures: Counter[tuple[int, str]] = Counter()
         #: Called with each handler that ends (the hub's ``socket_closed``).
         self.on_closed: list[Any] = []
 
@@ -85,10 +88,10 @@ class WebSocketPlugin(SimplePlugin):
         for handler in list(self.handlers):
             try:
                 conn = getattr(handler, "_rt_conn", None)
-                if conn is not None and not conn.handshake.extensions:
+                if conn is not None and conn.fast:  # no extension: one frame for all
                     if frame is None:
                         frame = prepare_frame(data, binary)
-                    handler.send_prepared(frame)
+                    conn.send_prepared(frame)  # what handler.send_prepared does
                 else:
                     handler.send(data, binary)
                 sent += 1

@@ -69,14 +69,16 @@ def upgrade(**_args: Any) -> None:
         log.error("tools.websocket.on at %s without tools.websocket.handler_cls", request.path_info)
         raise HTTPError(500)
     environ = request.wsgi_environ
+    plugin = registry_plugin()
     try:
         handshake = negotiate_environ(environ, options)
     except HandshakeError as exc:
+        plugin.handshake_failures[exc.status, exc.reason] += 1
         for name, value in exc.headers:
             response.headers[name] = value
         raise HTTPError(exc.status, exc.reason) from None
-    plugin = registry_plugin()
     if plugin.stopping:
+        plugin.handshake_failures[503, "server stopping"] += 1
         response.headers["Retry-After"] = "5"
         raise HTTPError(503, "The server is shutting down.")
     sock = environ.get("rtserver.socket")
