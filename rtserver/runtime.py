@@ -211,28 +211,22 @@ def _configure_logging() -> None:
     level = str(config.get_key("log.level")).upper()
     errors_.setLevel(getattr(logging, level, logging.INFO))
     access.propagate = False
+
+    def attach(logger: logging.Logger, handler: logging.Handler, fmt: str) -> None:
+        handler.setFormatter(logging.Formatter(fmt))
+        logger.addHandler(handler)
+        _handlers.append(handler)
+
     access_enabled = False
     if config.get_key("log.screen"):
-        h: logging.Handler = logging.StreamHandler(sys.stderr)
-        h.setFormatter(logging.Formatter(_LOG_FORMAT))
-        errors_.addHandler(h)
-        _handlers.append(h)
-        a = logging.StreamHandler(sys.stdout)
-        a.setFormatter(logging.Formatter("%(message)s"))
-        access.addHandler(a)
-        _handlers.append(a)
+        attach(errors_, logging.StreamHandler(sys.stderr), _LOG_FORMAT)
+        attach(access, logging.StreamHandler(sys.stdout), "%(message)s")
         access_enabled = True
     if config.get_key("log.access_file"):
-        fa = logging.FileHandler(config.get_key("log.access_file"), encoding="utf-8")
-        fa.setFormatter(logging.Formatter("%(message)s"))
-        access.addHandler(fa)
-        _handlers.append(fa)
+        attach(access, logging.FileHandler(config.get_key("log.access_file"), encoding="utf-8"), "%(message)s")
         access_enabled = True
     if config.get_key("log.error_file"):
-        fe = logging.FileHandler(config.get_key("log.error_file"), encoding="utf-8")
-        fe.setFormatter(logging.Formatter(_LOG_FORMAT))
-        errors_.addHandler(fe)
-        _handlers.append(fe)
+        attach(errors_, logging.FileHandler(config.get_key("log.error_file"), encoding="utf-8"), _LOG_FORMAT)
     access.setLevel(logging.INFO if access_enabled else logging.WARNING)
 
 

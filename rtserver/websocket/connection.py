@@ -384,14 +384,7 @@ class _Connection:
         Whatever the kernel takes at once (a last close frame) is still sent.
         """
         if not self.aborted:
-            if self.flusher is None or self.flusher is _SCHEDULED:
-                try:
-                    self._drain()
-                except OSError:
-                    pass
-            self.aborted = True
-            self.out.clear()
-            self.out_bytes = 0
+            self._drop_output(drain=self.flusher is None or self.flusher is _SCHEDULED)
             self.wake()
 
     def wake(self) -> None:
@@ -795,7 +788,11 @@ class _Connection:
         if flusher is not None and flusher is not _SCHEDULED and flusher is not getcurrent():
             self.aborted = True
             flusher.kill(block=True, timeout=1)
-        if not self.aborted:
+        self._drop_output(drain=not self.aborted)
+
+    def _drop_output(self, drain: bool) -> None:
+        """Send what the kernel takes at once (when ``drain``), then forget the rest."""
+        if drain:
             try:
                 self._drain()
             except OSError:
