@@ -4,19 +4,30 @@ from __future__ import annotations
 
 import logging
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from ws4py.websocket import EchoWebSocket
 
 import rtserver
 from rtserver import testing
 from rtserver.servers.cheroot import CherootServer, NativeServer
 
-from .deploy_support import make_certificates, upgrade_to_echo, verifying_context
+from .deploy_support import make_certificates, verifying_context
 
 KINDS = ["gevent", "cheroot", "native"]
+
+
+class WhoSocket(rtserver.WebSocket):
+    """Says who the page session belongs to, and writes to it."""
+
+    def opened(self) -> None:
+        self.send(str(self.session.get("user")))
+        with self.session.locked():
+            self.session["seen_by_socket"] = True
 
 
 class Root:
@@ -48,11 +59,30 @@ class Root:
         raise ValueError("handler failure")
 
     @rtserver.expose
-    def ws(self) -> bytes:
-        return upgrade_to_echo()
+    def login(self, user: str) -> str:
+        rtserver.session.regenerate()
+        rtserver.session["user"] = user
+        return "in"
+
+    @rtserver.expose
+    def whoami(self) -> str:
+        return str(rtserver.session.get("user"))
+
+    @rtserver.expose
+    def whoami_seen(self) -> str:
+        return str(rtserver.session.get("seen_by_socket"))
+
+    ws = EchoWebSocket  # a ws4py class on the tree: the WebSocket tool upgrades
+    who = WhoSocket
 
 
-CONFIG = {"/": {"tools.response_headers.on": True, "tools.response_headers.headers": [("X-Tool", "on")]}}
+CONFIG = {
+    "/": {
+        "tools.response_headers.on": True,
+        "tools.response_headers.headers": [("X-Tool", "on")],
+        "tools.sessions.on": True,
+    }
+}
 
 
 @pytest.fixture(params=KINDS)
@@ -117,6 +147,24 @@ def test_websocket_echo(srv: testing.TestServer) -> None:
     assert srv.get("/")[0] == 200
 
 
+def test_sessions_shared_by_pages_and_sockets(srv: testing.TestServer) -> None:
+    status, headers, _ = srv.post("/login", {"user": "ann"})
+    assert status == 200
+    cookie = headers["Set-Cookie"]
+    assert "HttpOnly" in cookie and "SameSite=Lax" in cookie and "Secure" not in cookie
+    pair = cookie.split(";", 1)[0]
+    assert srv.get("/whoami", headers={"Cookie": pair})[2] == b"ann"
+    with srv.websocket_connect("/who", additional_headers={"Cookie": pair}) as ws:
+        assert ws.recv(timeout=5) == "ann"
+    # what the socket wrote is there for the next page request
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        if b"True" in srv.get("/whoami_seen", headers={"Cookie": pair})[2]:
+            break
+        time.sleep(0.02)
+    assert srv.get("/whoami_seen", headers={"Cookie": pair})[2] == b"True"
+
+
 def test_refused_upgrade_is_plain_http(srv: testing.TestServer) -> None:
     status, _, _ = srv.get("/ws", headers={"Upgrade": "websocket", "Connection": "Upgrade"})
     assert status == 400
@@ -161,12 +209,15 @@ def _tls_config(certs: dict[str, str]) -> dict[str, Any]:
 
 
 def test_https_and_wss(kind: str, certs: dict[str, str]) -> None:
-    config = {"/": {"tools.secureheaders.on": True}}
+    config = {"/": {"tools.secureheaders.on": True, "tools.sessions.on": True}}
     with testing.serve(Root(), config, kind=kind, global_config=_tls_config(certs)) as srv:
         assert srv.url.startswith("https://")
         status, headers, body = srv.get("/scheme")
         assert (status, body) == (200, b"https")
         assert headers["Strict-Transport-Security"].startswith("max-age=")
+        # Session cookies are Secure on TLS requests without any configuration.
+        status, headers, _ = srv.post("/login", {"user": "tls"})
+        assert status == 200 and "; Secure" in headers["Set-Cookie"]
         # The chain is sent: a client trusting only the root verifies the leaf.
         import http.client
 
