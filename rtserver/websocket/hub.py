@@ -29,7 +29,9 @@ What a client receives (each message encoded once, whatever the number of subscr
   and are kept in history like any message;
 * a resume that cannot be served in full: ``{"channel": c, "gap": {"from": x, "to":
   y}}`` before the messages that are still kept -- messages with ``x < id <= y``
-  are lost for this subscriber.
+  are lost for this subscriber; ``"to": null`` when the broker lost its data (a
+  Redis restart without persistence) and nothing newer exists yet, so how much was
+  lost after ``x`` is unknown.
 
 Ids increase within a channel (they need not be consecutive). A client remembers the
 last id it saw and, after reconnecting, joins with ``since=that_id``: it then receives
@@ -459,8 +461,16 @@ class Hub:
                 entries, last = broker.history(channel, since)
                 self._note_last(channel, last)
                 if since > last:
-                    # Ids from before the broker lost its data: resume from now.
+                    # Ids from before the broker lost its data (a Redis restart without
+                    # persistence, a memory hub restarted): what came after ``since``
+                    # is unknown, so say so ("to": None) and resume from now.
                     m.last = last
+                    if since > 0:
+                        sub.deliver({"channel": channel, "gap": {"from": since, "to": None}})
+                elif entries and entries[0].prev == 0 and since > 0:
+                    # The id chain starts again (prev 0) after ``since``: the history
+                    # the client missed was lost with the broker's data.
+                    self._send_gap(sub, m, channel, since, entries[0].id - 1)
                 for entry in entries:
                     self._send_entry(sub, m, _Message(channel, entry))
                     self._yield_if_backlogged()

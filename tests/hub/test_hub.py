@@ -241,7 +241,8 @@ def test_resume_from_an_id_the_broker_never_gave_starts_from_now() -> None:
         ws = FakeSocket()
         hub.subscribe(ws, "c", since=500)  # e.g. ids of a broker that lost its data
         hub.publish("c", 1)
-        assert settle(lambda: len(ws.sent) == 1)
+        assert settle(lambda: len(ws.sent) == 2)
+        assert ws.texts[0] == {"channel": "c", "gap": {"from": 500, "to": None}}  # never silent
         assert ws.ids("c") == [2]
 
 
@@ -359,3 +360,16 @@ def test_config_keys_are_declared_and_checked() -> None:
     config.update({"hub.broker": "amqp://x"})
     with pytest.raises(ConfigError):
         Hub(Bus(), config=config).start()
+
+
+def test_resume_into_a_hub_that_lost_its_history_is_told_so() -> None:
+    """A client resuming with an id this hub never issued (the process restarted, the
+    in-memory history is gone) gets a gap notice with an unknown end, then goes live."""
+    with running_hub() as hub:
+        ws = FakeSocket()
+        hub.subscribe(ws, "c", since=41)
+        assert settle(lambda: len(ws.sent) == 1)
+        assert ws.texts == [{"channel": "c", "gap": {"from": 41, "to": None}}]
+        hub.publish("c", "after")
+        assert settle(lambda: len(ws.sent) == 2)
+        assert ws.texts[1]["data"] == "after"

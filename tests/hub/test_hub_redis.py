@@ -194,3 +194,29 @@ def test_members_of_a_killed_process_leave_presence(redis_server: Any) -> None:
         assert list(hub.presence("room").values()) == [{"nick": "watcher"}]
         # The leave events are announced once, by a surviving process.
         assert settle(lambda: sum(m.get("presence", {}).get("action") == "leave" for m in watcher.texts) == 5)
+
+
+def test_resume_across_a_redis_restart_that_lost_history_gets_a_gap_notice(redis_server) -> None:
+    """Redis restarted without persistence: a client resuming from before the restart
+    is told that what it missed is gone, never silently given less."""
+    with running_hub(broker=redis_server.url, reconnect_backoff_max=0.1, broker_timeout=1) as hub:
+        k1 = hub.publish("c", "m1")  # the client saw m1, then disconnected
+        hub.publish("c", "m2")
+        hub.publish("c", "m3")  # missed while away
+        redis_server.restart()  # m2 and m3 are gone with Redis's data
+        assert settle(lambda: hub.stats()["connected"], timeout=5)
+
+        early = FakeSocket()  # resumes before anything new was published
+        hub.subscribe(early, "c", since=k1)
+        assert settle(lambda: len(early.sent) >= 1)
+        assert early.texts[0] == {"channel": "c", "gap": {"from": k1, "to": None}}
+
+        k4 = hub.publish("c", "m4")
+        late = FakeSocket()  # resumes after a new message
+        hub.subscribe(late, "c", since=k1)
+        assert settle(lambda: len(late.sent) >= 2)
+        gap, message = late.texts[:2]
+        assert gap == {"channel": "c", "gap": {"from": k1, "to": k4 - 1}}
+        assert message["id"] == k4 and message["data"] == "m4"
+        assert settle(lambda: len(early.sent) >= 2)
+        assert early.texts[1]["data"] == "m4"  # the early one goes on live
