@@ -38,6 +38,8 @@ __all__ = ["UsageError", "load_target", "main", "mount_target"]
 
 #: Environment variable giving a worker the file descriptor of the listening socket.
 LISTEN_FD_ENV = "RTSERVER_LISTEN_FD"
+#: ``host port`` a worker listens on with SO_REUSEPORT (TCP; the kernel balances).
+REUSE_PORT_ENV = "RTSERVER_REUSE_PORT"
 
 _KINDS = ("gevent", "cheroot", "native")
 _FAST_FAILURES = 5  # workers dying this many times in a row, each within...
@@ -100,6 +102,10 @@ def main(argv: list[str] | None = None) -> int:
         fd = os.environ.pop(LISTEN_FD_ENV, None)
         if fd is not None:
             return _serve(args, listen_fd=int(fd))
+        shared = os.environ.pop(REUSE_PORT_ENV, None)
+        if shared is not None:
+            host, _, port = shared.rpartition(" ")
+            return _serve(args, reuse_port=(host, int(port)))
         if args.workers > 1:
             file_global = _file_global(args.config)
             _check_broker(args, file_global)
@@ -214,8 +220,12 @@ def _patch_gevent() -> None:
         monkey.patch_all()
 
 
-def _serve(args: argparse.Namespace, listen_fd: int | None = None) -> int:
-    """Import, configure and run the application in this process until told to stop."""
+def _serve(args: argparse.Namespace, listen_fd: int | None = None, reuse_port: tuple[str, int] | None = None) -> int:
+    """Import, configure and run the application in this process until told to stop.
+
+    A worker gets its socket from the supervisor: an inherited listening ``listen_fd``
+    (Unix sockets), or the address to listen on itself with SO_REUSEPORT (TCP).
+    """
     _patch_gevent()
     from . import runtime
     from .bus.plugins import Monitor
@@ -244,11 +254,16 @@ def _serve(args: argparse.Namespace, listen_fd: int | None = None) -> int:
             overrides["hub.broker"] = args.broker
         else:
             runtime.engine.log("--broker ignored: this build has no hub (rtserver.websocket.hub)", level=30)
+    if reuse_port is not None:
+        overrides.update(
+            {"server.socket_host": reuse_port[0], "server.socket_port": reuse_port[1], "server.reuse_port": True}
+        )
     if overrides:
         global_config.update(overrides)
     mount_target(target, args.script_name.rstrip("/"), app_config or None)
     if listen_fd is not None:
         runtime.server.listener = socket.socket(fileno=listen_fd)
+    if listen_fd is not None or reuse_port is not None:
         parent = os.getppid()
 
         def orphaned() -> None:
@@ -331,11 +346,21 @@ class _Supervisor:
             family = socket.AF_INET6 if ":" in host else socket.AF_INET
             sock = socket.socket(family, socket.SOCK_STREAM)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            # Each worker listens on its own SO_REUSEPORT socket and the kernel spreads
+            # new connections over them; one shared socket lets whichever worker wakes
+            # first accept a whole burst of keep-alive connections. This socket only
+            # reserves the port: bound, never listening, so it is given no connection.
+            # (cheroot binds its own way: its kinds keep one shared socket.)
+            reuse_port = self._setting(self.args.kind, "server.kind") == "gevent"
+            if reuse_port:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             try:
                 sock.bind((host, port))
             except OSError as exc:
                 sock.close()
                 raise UsageError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+            if reuse_port:
+                return sock
         sock.listen(backlog)
         sock.set_inheritable(True)
         return sock
@@ -355,9 +380,14 @@ class _Supervisor:
 
     def _spawn(self) -> None:
         assert self.listener is not None
-        fd = self.listener.fileno()
-        env = dict(os.environ, **{LISTEN_FD_ENV: str(fd)})
-        proc = subprocess.Popen(self._command(), env=env, pass_fds=(fd,))
+        if self.listener.family == socket.AF_UNIX or self._setting(self.args.kind, "server.kind") != "gevent":
+            fd = self.listener.fileno()
+            env = dict(os.environ, **{LISTEN_FD_ENV: str(fd)})
+            proc = subprocess.Popen(self._command(), env=env, pass_fds=(fd,))
+        else:
+            host, port = self.listener.getsockname()[:2]
+            env = dict(os.environ, **{REUSE_PORT_ENV: f"{host} {port}"})
+            proc = subprocess.Popen(self._command(), env=env)
         self.workers[proc.pid] = (proc, time.monotonic())
         _log(f"Started worker {proc.pid}")
 
