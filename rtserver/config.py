@@ -370,6 +370,20 @@ def non_negative(value: Any) -> float:
     return value
 
 
+def positive_int(value: Any) -> int:
+    """A whole number > 0."""
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError("expected a whole number greater than 0")
+    return value
+
+
+def non_negative_int(value: Any) -> int:
+    """A whole number >= 0."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError("expected a whole number of 0 or more")
+    return value
+
+
 def optional_positive(value: Any) -> float | None:
     """None, or a number > 0."""
     return None if value is None else positive(value)

@@ -11,21 +11,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
-from rtserver.config import Key, as_bool, declare, default, positive
+from rtserver.config import Key, as_bool, declare, default, non_negative_int, positive, positive_int
 
 __all__ = ["HTTPOptions"]
-
-
-def _positive_int(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError("expected an integer greater than 0")
-    return value
-
-
-def _non_negative_int(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError("expected an integer of 0 or more")
-    return value
 
 
 def _seconds(value: Any) -> float:
@@ -39,21 +27,21 @@ _KEYS: dict[str, Key] = {
         "server.max_request_line",
         8 * 1024,
         "Longest request line (method, target, version) in bytes; longer gets 414.",
-        _positive_int,
+        positive_int,
         scope="server",
     ),
     "max_header_size": declare(
         "server.max_header_size",
         64 * 1024,
         "Largest request head (request line and all header fields) in bytes; larger gets 431.",
-        _positive_int,
+        positive_int,
         scope="server",
     ),
     "max_header_count": declare(
         "server.max_header_count",
         100,
         "Most header fields in one request (or chunked trailer); more gets 431.",
-        _positive_int,
+        positive_int,
         scope="server",
     ),
     "max_request_body_size": declare(
@@ -61,7 +49,7 @@ _KEYS: dict[str, Key] = {
         100 * 1024 * 1024,
         "Largest request body in bytes (0: no limit); a larger Content-Length gets "
         "413 before the body is read, a chunked body fails with 413 when it grows past it.",
-        _non_negative_int,
+        non_negative_int,
         scope="server",
     ),
     "max_drain_size": declare(
@@ -69,7 +57,7 @@ _KEYS: dict[str, Key] = {
         256 * 1024,
         "Unread request body the server reads and discards to keep a connection alive; "
         "with more left, the connection is closed instead.",
-        _non_negative_int,
+        non_negative_int,
         scope="server",
     ),
     "header_timeout": declare(
@@ -112,7 +100,7 @@ _KEYS: dict[str, Key] = {
         10000,
         "Most open connections; beyond it a new connection gets 503 and is closed, "
         "while the existing ones keep working.",
-        _positive_int,
+        positive_int,
         scope="server",
     ),
     "nodelay": declare(
@@ -126,7 +114,7 @@ _KEYS: dict[str, Key] = {
         "server.backlog",
         1024,
         "Length of the listen() queue of pending connections.",
-        _positive_int,
+        positive_int,
         scope="server",
     ),
     "reuse_port": declare(

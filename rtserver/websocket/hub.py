@@ -58,7 +58,17 @@ from gevent.event import Event
 
 from ..bus.bus import Bus
 from ..bus.plugins import SimplePlugin
-from ..config import Config, as_bool, declare, global_config, non_negative, positive, string
+from ..config import (
+    Config,
+    as_bool,
+    declare,
+    global_config,
+    non_negative,
+    non_negative_int,
+    positive,
+    positive_int,
+    string,
+)
 from ..errors import BrokerUnavailable, HubError
 from .brokers import BINARY, TEXT, Broker, BrokerOptions, Entry, create_broker, json_text
 
@@ -77,18 +87,6 @@ def _close_code(value: Any) -> int:
     return value
 
 
-def _queue_size(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError("expected a whole number of messages, 1 or more")
-    return value
-
-
-def _history_size(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError("expected a whole number of messages, 0 or more")
-    return value
-
-
 declare(
     "hub.broker",
     "memory",
@@ -100,7 +98,7 @@ declare(
     "hub.history_size",
     100,
     "Messages kept per channel for history() and resume (0 keeps none).",
-    _history_size,
+    non_negative_int,
     scope="global",
 )
 declare(
@@ -128,7 +126,7 @@ declare(
     "hub.send_queue_size",
     1000,
     "Messages queued per subscriber for sockets without the runtime's own send queue; more closes the socket as a slow consumer.",
-    _queue_size,
+    positive_int,
     scope="global",
 )
 declare(
