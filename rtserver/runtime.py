@@ -64,6 +64,13 @@ declare(
 declare(
     "engine.pidfile", None, "Write the process id to this file while the engine runs.", optional_string, scope="global"
 )
+declare(
+    "engine.websocket.close_timeout",
+    10,
+    "Seconds the engine waits on stop for every WebSocket's closing handshake (after its 1001) before the servers go down.",
+    positive,
+    scope="global",
+)
 declare("log.screen", True, "Write the access and error logs to stderr.", as_bool, scope="global")
 declare("log.access_file", "", "File the access log (Combined Log Format) is appended to.", string, scope="global")
 declare("log.error_file", "", "File the error log is appended to.", string, scope="global")
@@ -185,6 +192,8 @@ def _apply_engine(rest: str, value: Any) -> None:
         engine.timeout_monitor.frequency = value
     elif rest == "timeout_monitor.interrupt":
         engine.timeout_monitor.interrupt = value
+    elif rest == "websocket.close_timeout":
+        engine.websocket.close_timeout = value
     elif rest == "pidfile":
         if engine.pidfile is not None:
             engine.pidfile.unsubscribe()

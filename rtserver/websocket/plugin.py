@@ -27,6 +27,7 @@ class WebSocketPlugin(SimplePlugin):
         super().__init__(bus)
         self.handlers: set[Any] = set()
         self.stopping = False
+        #: Seconds ``stop`` waits for closing handshakes (``engine.websocket.close_timeout``).
         self.close_timeout = 10.0
         self.opened_total = 0
         #: Refused upgrades by ``(status, reason)`` (``tools.websocket``; rtserver.stats).
@@ -117,6 +118,12 @@ class WebSocketPlugin(SimplePlugin):
         while self.handlers and time.monotonic() < deadline:
             gevent.sleep(0.02)
         if self.handlers:
-            log.warning("%d WebSocket(s) did not finish their closing handshake in time", len(self.handlers))
+            # Peers that never answer the close must not hold the shutdown any longer.
+            log.warning("%d WebSocket(s) did not finish their closing handshake in time: dropped", len(self.handlers))
+            for handler in list(self.handlers):
+                try:
+                    handler.terminate()
+                except Exception:
+                    log.debug("terminate of %r failed", handler, exc_info=True)
 
     stop.priority = 20  # type: ignore[attr-defined]  # before the servers stop (25)

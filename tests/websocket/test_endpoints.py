@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import socket
 import time
 
 import gevent
@@ -246,3 +247,22 @@ def test_response_timeout_and_monitor_cover_the_handshake_not_the_socket():
                 ws.send(f"still here {i}")
                 assert ws.recv(timeout=5) == f"still here {i}"
         assert rtserver.engine.timeout_monitor.interrupted == interrupted_before
+
+
+def test_engine_stop_waits_at_most_its_close_timeout_for_silent_peers():
+    """A peer that never answers the 1001 holds the shutdown for close_timeout, no longer."""
+    closed_codes.clear()
+    handshake = (
+        "GET /info HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    with contextlib.ExitStack() as stack:
+        with serve(Root(), CONFIG, global_config={"engine.websocket.close_timeout": 0.5}) as s:
+            silent = stack.enter_context(socket.create_connection((s.host, s.port), timeout=5))
+            silent.sendall(handshake.encode())
+            assert silent.recv(4096).startswith(b"HTTP/1.1 101")
+            started = time.monotonic()
+        stopped_in = time.monotonic() - started
+    assert 0.4 < stopped_in < 2.0
+    assert closed_codes == [1006]  # dropped after the wait, without a closing handshake
+    assert rtserver.engine.websocket.count == 0
