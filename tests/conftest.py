@@ -10,10 +10,13 @@ from gevent import monkey
 monkey.patch_all()
 
 import os  # noqa: E402
+import pathlib  # noqa: E402
 import shutil  # noqa: E402
 import socket  # noqa: E402
 import subprocess  # noqa: E402
+import sys  # noqa: E402
 import tempfile  # noqa: E402
+import textwrap  # noqa: E402
 import time  # noqa: E402
 from collections.abc import Iterator  # noqa: E402
 
@@ -35,6 +38,30 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def signal_script(script: str, ready: pathlib.Path, signals: list[int], pause: float = 0.5) -> tuple[int, str, str]:
+    """Run ``script`` in a fresh interpreter; once it creates ``ready``, send it each of
+    ``signals`` (``pause`` seconds apart) and return ``(exit status, stdout, stderr)``."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while not ready.exists():
+            assert proc.poll() is None, proc.communicate()[1]
+            assert time.monotonic() < deadline, "the script never became ready"
+            time.sleep(0.05)
+        for i, signum in enumerate(signals):
+            if i:
+                time.sleep(pause)
+            os.kill(proc.pid, signum)
+        out, err = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    return proc.returncode, out, err
 
 
 class RedisServer:

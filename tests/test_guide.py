@@ -1,18 +1,15 @@
 """Every page example of CherryPy's "Advanced" guide, with `rtserver` for `cherrypy`."""
 
-import os
 import random
 import signal
 import string
-import subprocess
-import sys
-import textwrap
 import threading
 import time
 import urllib.request
 import wsgiref.simple_server
 
 import pytest
+from conftest import signal_script
 
 import rtserver
 from rtserver.testing import serve
@@ -71,8 +68,7 @@ def test_timeout_monitor_config_from_the_guide(tmp_path):
 
 def test_signals_with_a_manual_setup(tmp_path):
     ready = tmp_path / "ready"
-    script = textwrap.dedent(
-        f"""
+    script = f"""
         from gevent import monkey; monkey.patch_all()
         import rtserver
         class Root:
@@ -87,20 +83,8 @@ def test_signals_with_a_manual_setup(tmp_path):
         rtserver.engine.start()
         rtserver.engine.block()
         """
-    )
-    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 20
-        while not ready.exists():
-            assert proc.poll() is None and time.monotonic() < deadline
-            time.sleep(0.05)
-        os.kill(proc.pid, signal.SIGTERM)
-        out, err = proc.communicate(timeout=20)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-    assert proc.returncode == 0, err
+    code, out, err = signal_script(script, ready, [signal.SIGTERM])
+    assert code == 0, err
     assert "clean exit" in out
 
 

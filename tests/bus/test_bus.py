@@ -9,6 +9,7 @@ import time
 
 import gevent
 import pytest
+from conftest import signal_script
 
 from rtserver.bus.bus import Bus, ChannelFailures, States
 from rtserver.bus.plugins import PIDFile
@@ -132,23 +133,8 @@ def test_quickstart_subscribes_signals_sigterm_exits_cleanly_and_sighup_is_grace
         rtserver.engine.subscribe("exit", lambda: print("EXITED", flush=True))
         rtserver.quickstart(Root(), config={{"global": {{"server.socket_port": 0, "log.screen": False}}}})
         """
-    proc = subprocess.Popen(
-        [sys.executable, "-c", textwrap.dedent(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
-    try:
-        deadline = time.monotonic() + 20
-        while not port_file.exists() or not port_file.read_text():
-            assert time.monotonic() < deadline, proc.stderr.read() if proc.poll() is not None else "no port"
-            time.sleep(0.05)
-        os.kill(proc.pid, signal.SIGHUP)
-        time.sleep(0.5)
-        os.kill(proc.pid, signal.SIGTERM)
-        out, err = proc.communicate(timeout=20)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-    assert proc.returncode == 0, err
+    code, out, err = signal_script(script, port_file, [signal.SIGHUP, signal.SIGTERM])
+    assert code == 0, err
     assert "GRACEFUL" in out
     assert "EXITED" in out
 
