@@ -3,6 +3,7 @@
 ::
 
     rtserver run myapp:root -c app.conf --host 0.0.0.0 --port 8080
+    rtserver run myapp:root --reload   # development: restart when a file changes
     python -m rtserver run myapp:Root --workers 4 --broker redis://127.0.0.1:6379/0
     rtserver --version
 
@@ -19,6 +20,11 @@ drains its requests, sockets get 1001) and the parent exits 0; a worker that die
 logged and replaced. Workers do not share memory: the WebSocket hub must use a shared
 broker (``hub.broker``), or a message published in one process would never reach the
 sockets of the others, so the command refuses to start without one.
+
+Errors are one line on stderr, without a traceback. Exit status 2: the command line
+or the config is wrong (an unknown key, a bad value, a broker URL of another scheme);
+70: the process cannot start serving (a port in use, an address not of this machine,
+redis-py missing for a Redis broker), as for a script calling ``quickstart()``.
 """
 
 from __future__ import annotations
@@ -31,7 +37,6 @@ import socket
 import subprocess
 import sys
 import time
-import warnings
 from typing import Any
 
 __all__ = ["UsageError", "load_target", "main", "mount_target"]
@@ -87,6 +92,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--workers", type=int, default=1, metavar="N", help="worker processes sharing the listening socket (default 1)"
     )
     run.add_argument(
+        "--reload",
+        action="store_true",
+        help="restart the app when its Python or config files change (engine.autoreload.on; development)",
+    )
+    run.add_argument(
         "--broker", metavar="URL", help="hub.broker: 'memory' or redis://host:6379/0 (required with --workers > 1)"
     )
     return parser
@@ -99,6 +109,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.workers < 1:
             raise UsageError("--workers must be at least 1")
+        if args.reload and args.workers > 1:
+            raise UsageError("--reload runs one app process: it cannot be combined with --workers")
         fd = os.environ.pop(LISTEN_FD_ENV, None)
         if fd is not None:
             return _serve(args, listen_fd=int(fd))
@@ -114,10 +126,13 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as exc:
         parser.exit(2, f"rtserver: {exc}\n")
     except Exception as exc:
-        from .errors import ConfigError
+        from .bus.bus import EX_SOFTWARE
+        from .errors import ConfigError, StartupError
 
         if isinstance(exc, ConfigError):
             parser.exit(2, f"rtserver: config error: {exc}\n")
+        if isinstance(exc, StartupError):
+            parser.exit(EX_SOFTWARE, f"rtserver: {exc}\n")
         raise
     return 0  # pragma: no cover - parser.exit raised
 
@@ -175,7 +190,8 @@ def mount_target(obj: Any, script_name: str = "", config: Any = None) -> None:
 
 
 def _file_global(files: list[str]) -> dict[str, Any]:
-    """The ``[global]`` keys of the config files, unchecked (for the parent process)."""
+    """The ``[global]`` keys of the config files (for the parent process; every key is
+    checked as the files are read, so a wrong one stops the command with exit 2)."""
     from .config import read_file
 
     values: dict[str, Any] = {}
@@ -194,6 +210,17 @@ def _check_broker(args: argparse.Namespace, file_global: dict[str, Any]) -> None
             "in the [global] config section (or pass --broker redis://host:6379/0); the in-memory "
             "hub cannot reach the sockets of other worker processes"
         )
+    _check_hub_broker(str(broker))
+
+
+def _check_hub_broker(spec: str) -> None:
+    """Refuse a broker that cannot work (another scheme, redis-py missing) before any
+    process starts: ConfigError (exit 2) or StartupError (exit 70), one line each."""
+    try:
+        from .websocket.brokers import check_broker
+    except ImportError:
+        return  # a build without the hub
+    check_broker(spec)
 
 
 def _declare_hub_keys() -> None:
@@ -207,26 +234,20 @@ def _declare_hub_keys() -> None:
 # -- one serving process ------------------------------------------------------------------
 
 
-def _patch_gevent() -> None:
-    from gevent import monkey
-
-    if monkey.is_module_patched("socket"):
-        return
-    # ``python -m rtserver`` imports the rtserver package (and with it ssl) before this
-    # runs; gevent then warns. Nothing made an SSL context or socket yet, and every
-    # later use goes through the patched module attributes, so the late patch is sound.
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", monkey.MonkeyPatchWarning)
-        monkey.patch_all()
-
-
 def _serve(args: argparse.Namespace, listen_fd: int | None = None, reuse_port: tuple[str, int] | None = None) -> int:
     """Import, configure and run the application in this process until told to stop.
 
     A worker gets its socket from the supervisor: an inherited listening ``listen_fd``
     (Unix sockets), or the address to listen on itself with SO_REUSEPORT (TCP).
     """
-    _patch_gevent()
+    from . import autoreload
+
+    if not args.reload or autoreload.is_child():
+        # Before the app is imported, so that everything it makes is cooperative (the
+        # reloader's supervisor serves nothing: it stays unpatched).
+        from .cooperative import ensure_cooperative
+
+        ensure_cooperative()
     from . import runtime
     from .bus.plugins import Monitor
     from .config import declared, global_config, normalize
@@ -249,6 +270,8 @@ def _serve(args: argparse.Namespace, listen_fd: int | None = None, reuse_port: t
         overrides["server.socket_file"] = args.socket_file
     if args.kind is not None:
         overrides["server.kind"] = args.kind
+    if args.reload:
+        overrides["engine.autoreload.on"] = True
     if args.broker is not None:
         if "hub.broker" in declared():
             overrides["hub.broker"] = args.broker
@@ -261,9 +284,12 @@ def _serve(args: argparse.Namespace, listen_fd: int | None = None, reuse_port: t
     if overrides:
         global_config.update(overrides)
     mount_target(target, args.script_name.rstrip("/"), app_config or None)
+    if "hub.broker" in declared():
+        _check_hub_broker(str(global_config.get_key("hub.broker")))
     if listen_fd is not None:
         runtime.server.listener = socket.socket(fileno=listen_fd)
     if listen_fd is not None or reuse_port is not None:
+        autoreload.disable("rtserver run --workers runs no reloader")
         parent = os.getppid()
 
         def orphaned() -> None:
@@ -333,13 +359,21 @@ class _Supervisor:
         return self.file_global.get(key, default(key))
 
     def _bind(self) -> socket.socket:
+        """The listening socket of every worker; StartupError (exit 70) when the
+        address cannot be bound."""
+        from .servers.base import listen_error
+
         backlog = int(self.file_global.get("server.backlog", 1024))
         path = self._setting(self.args.socket_file, "server.socket_file")
         if path:
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            if os.path.exists(path):
-                os.unlink(path)
-            sock.bind(path)
+            try:
+                if os.path.exists(path):
+                    os.unlink(path)
+                sock.bind(path)
+            except OSError as exc:
+                sock.close()
+                raise listen_error(exc, path) from None
         else:
             host = self._setting(self.args.host, "server.socket_host")
             port = self._setting(self.args.port, "server.socket_port")
@@ -358,7 +392,7 @@ class _Supervisor:
                 sock.bind((host, port))
             except OSError as exc:
                 sock.close()
-                raise UsageError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+                raise listen_error(exc, (host, port)) from None
             if reuse_port:
                 return sock
         sock.listen(backlog)

@@ -9,16 +9,23 @@ imports.
 Every key rtserver reads is declared once with :func:`declare`, next to the code that
 reads it; ``docs/config.md`` is generated from those declarations
 (``python -m rtserver.configref``) and a test keeps it current.
+
+A wrong key or value raises :class:`~rtserver.errors.ConfigError` whose message is one
+line naming the key and where it came from (``app.conf, line 3``, or the dict's
+section), with the closest declared key for a misspelt one. Raised by
+``rtserver.config.update()`` or ``tree.mount()`` it is an ordinary exception (a
+traceback for a programmatic call); ``rtserver run`` prints the line and exits 2.
 """
 
 from __future__ import annotations
 
 import ast
 import configparser
+import difflib
 import operator
 import os
 import re
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -154,7 +161,10 @@ def literal(text: str) -> Any:
         tree = ast.parse(text.strip(), mode="eval")
         return _eval(tree.body)
     except SyntaxError as exc:
-        raise ValueError(f"not a Python literal ({exc.msg})") from None
+        # A bare word or URL (redis://host) is the usual mistake: a string needs quotes.
+        bare = any(c.isalpha() for c in text) and not any(q in text for q in "'\"")
+        hint = "; a string needs quotes, as in 'text'" if bare else ""
+        raise ValueError(f"not a Python literal ({exc.msg}){hint}") from None
     except (MemoryError, RecursionError):
         # CPython's parser and our evaluator give up on operators nested thousands deep.
         raise ValueError("value is nested too deeply") from None
@@ -196,7 +206,9 @@ def _eval(node: ast.AST) -> Any:
         except (TypeError, ZeroDivisionError, OverflowError) as exc:
             raise ValueError(str(exc)) from None
     if isinstance(node, ast.Name):
-        raise ValueError(f"names are not allowed in config values ({node.id!r})")
+        if node.id.lower() in ("true", "false", "none"):
+            raise ValueError(f"names are not allowed in config values ({node.id!r}); write {node.id.capitalize()}")
+        raise ValueError(f"names are not allowed in config values ({node.id!r}); a string needs quotes: {node.id!r}")
     if isinstance(node, ast.Call):
         raise ValueError("calls are not allowed in config values")
     raise ValueError(f"{type(node).__name__} is not allowed in config values")
@@ -212,35 +224,78 @@ def _number(value: Any) -> Any:
 # Files and dicts
 
 
+#: Every INI file read so far, as absolute paths (the reloader watches them).
+files_read: set[str] = set()
+
+
 def read_file(filename: str | os.PathLike[str]) -> dict[str, dict[str, Any]]:
     """Read an INI config file into ``{section: {key: value}}``.
 
     Sections are ``[global]`` and ``[/path]``; ``key = value`` and ``key: value`` both
-    work; values are read by :func:`literal`. Errors name file, section and key.
+    work; values are read by :func:`literal`, then every key is checked (:func:`check_key`)
+    so that an unknown key or a wrong value raises :class:`ConfigError` naming the file
+    and line (``unknown config key 'server.socket_prot' (app.conf, line 3); did you
+    mean 'server.socket_port'?``).
     """
+    name = os.fspath(filename)
+    files_read.add(os.path.realpath(name))
     parser = configparser.ConfigParser(interpolation=None, delimiters=("=", ":"))
     parser.optionxform = str  # type: ignore[assignment,method-assign]  # keys are case-sensitive
     try:
         with open(filename, encoding="utf-8") as fh:
             parser.read_file(fh)
+        with open(filename, encoding="utf-8") as fh:
+            lines = _key_lines(fh)
     except OSError as exc:
-        raise ConfigError(f"cannot read config file {os.fspath(filename)!r}: {exc}") from None
+        raise ConfigError(f"cannot read config file {name!r}: {exc.strerror or exc}") from None
     except configparser.Error as exc:
-        raise ConfigError(f"{os.fspath(filename)}: {exc}") from None
+        text = " ".join(str(exc).split())  # configparser's messages span lines
+        raise ConfigError(f"{name}: {text}") from None
     except UnicodeDecodeError as exc:
-        raise ConfigError(f"{os.fspath(filename)}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+        raise ConfigError(f"{name}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     result: dict[str, dict[str, Any]] = {}
     for section in parser.sections():
         values: dict[str, Any] = {}
         for key, raw in parser.items(section, raw=True):
+            line = lines.get((section, key))
+            place = f"{name}, line {line}" if line else name
             try:
-                values[key] = literal(raw)
+                value = literal(raw)
             except ValueError as exc:
                 raise ConfigError(
-                    f"{os.fspath(filename)}, section [{section}], key {key!r}: {raw!r} is not a valid value: {exc}"
+                    f"{place}, section [{section}], key {key!r}: {raw!r} is not a valid value: {exc}"
                 ) from None
+            values[key] = check_key(key, value, f"{place}: ")
         result[section] = values
     return result
+
+
+_OPTION_RE = re.compile(r"(?P<key>.*?)\s*[=:]")  # configparser's, with our delimiters
+
+
+def _key_lines(lines: Iterable[str]) -> dict[tuple[str, str], int]:
+    """``{(section, key): line number}`` of an INI file, read as configparser reads it:
+    ``#`` and ``;`` lines are comments, a line indented deeper than its key continues
+    the value, blank lines do not end it."""
+    found: dict[tuple[str, str], int] = {}
+    section = None
+    key_indent: int | None = None
+    for number, line in enumerate(lines, 1):
+        text = line.strip()
+        if not text or text[0] in "#;":
+            continue
+        indent = len(line) - len(line.lstrip())
+        if key_indent is not None and indent > key_indent:
+            continue
+        m = configparser.ConfigParser.SECTCRE.match(text)
+        if m:
+            section, key_indent = m.group("header"), None
+            continue
+        m = _OPTION_RE.match(text)
+        if m and section is not None:
+            found.setdefault((section, m.group("key").rstrip()), number)
+            key_indent = indent
+    return found
 
 
 def normalize(config: Any) -> dict[str, dict[str, Any]]:
@@ -269,24 +324,59 @@ def normalize(config: Any) -> dict[str, dict[str, Any]]:
     return sections
 
 
+_EXTRA_SERVER_RE = re.compile(r"server\.(?P<name>[A-Za-z_][A-Za-z0-9_]*)\.(?P<sub>[a-z_]+)\Z")
+
+
 def check_key(name: str, value: Any, where: str = "") -> Any:
     """Check one ``name = value``; return the coerced value or raise ConfigError.
 
-    Tool keys (``tools.NAME.ARG``) are checked by the tools layer, which knows the tools;
-    here we check the namespace and declared keys and patterns.
+    ``where`` says where the key came from, as a prefix ending in ``": "``
+    (``"app.conf, line 3: "``, ``"app /, section [/]: "``). Tool arguments
+    (``tools.NAME.ARG``) are checked by the tools layer, which knows the tools; here
+    we check the namespace, declared keys and patterns, the extra servers' keys
+    (``server.NAME.socket_port``), and that every ``tools.NAME.on`` is a bool. An
+    unknown key's message offers the closest declared key.
     """
     ns = name.split(".", 1)[0]
     if "." not in name or ns not in NAMESPACES:
-        raise ConfigError(f"{where}unknown config namespace in key {name!r} (known: {', '.join(NAMESPACES)})")
+        raise ConfigError(
+            f"unknown config namespace in key {name!r}{_origin(where)}; known namespaces: {', '.join(NAMESPACES)}"
+            + _did_you_mean(name, _KEYS)
+        )
     key = _KEYS.get(name)
     if key is not None:
         return key.coerce(value, where)
     if ns == "tools":
+        if name.endswith(".on"):  # a string such as "False" would turn the tool on
+            return Key(name, False, "", as_bool).coerce(value, where)
         return value
+    extra = _EXTRA_SERVER_RE.match(name)
+    if extra and f"server.{extra.group('name')}" not in _KEYS:
+        # server.NAME.SUB configures the extra server NAME: SUB is one of the server keys.
+        sub = _KEYS.get(f"server.{extra.group('sub')}")
+        if sub is not None and sub.scope == "server":
+            return Key(name, sub.default, sub.doc, sub.check, sub.scope).coerce(value, where)
+        prefix = f"server.{extra.group('name')}."
+        server_keys = [prefix + k.name[len("server.") :] for k in _KEYS.values() if k.scope == "server"]
+        raise ConfigError(
+            f"unknown config key {name!r}{_origin(where)}: {extra.group('sub')} is not a server key"
+            + _did_you_mean(name, server_keys)
+        )
     for regex, _doc in _PATTERNS.values():
         if regex.match(name):
             return value
-    raise ConfigError(f"{where}unknown config key {name!r}")
+    raise ConfigError(f"unknown config key {name!r}{_origin(where)}" + _did_you_mean(name, _KEYS))
+
+
+def _origin(where: str) -> str:
+    """``" (app.conf, line 3)"`` from the prefix ``"app.conf, line 3: "``."""
+    place = where.strip().rstrip(":").strip()
+    return f" ({place})" if place else ""
+
+
+def _did_you_mean(name: str, known: Iterable[str]) -> str:
+    close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.8)
+    return f"; did you mean {close[0]!r}?" if close else ""
 
 
 class Config(dict[str, Any]):
@@ -301,7 +391,13 @@ class Config(dict[str, Any]):
         self._listeners: list[Callable[[dict[str, Any]], None]] = []
 
     def update(self, config: Any = None, **kwargs: Any) -> None:  # type: ignore[override]
-        """Merge a dict, a filename, or keyword keys into the global config."""
+        """Merge a dict, a filename, or keyword keys into the global config.
+
+        Raises :class:`ConfigError` (one line naming the key and its file and line, or
+        ``global config``) before anything changes. Called from a script this is an
+        ordinary exception with its traceback; ``rtserver run -c FILE`` prints the line
+        and exits 2.
+        """
         sections = normalize(config)
         values = dict(sections.pop("global", {}))
         values.update(kwargs)
@@ -344,16 +440,24 @@ class Config(dict[str, Any]):
 
 
 def as_bool(value: Any) -> bool:
-    """A bool from True/False or the strings 'true'/'false'/'on'/'off'/'1'/'0'."""
+    """True or False (0 and 1 pass as well).
+
+    A string is refused, even ``"False"``: used as a switch it would be true. In an INI
+    file write ``False`` without quotes (values are Python literals).
+    """
     if isinstance(value, bool):
         return value
-    if isinstance(value, str) and value.lower() in ("true", "on", "yes", "1"):
-        return True
-    if isinstance(value, str) and value.lower() in ("false", "off", "no", "0"):
-        return False
     if isinstance(value, int) and value in (0, 1):
         return bool(value)
+    if isinstance(value, str):
+        word = value.strip().lower()
+        meant = "True" if word in _TRUE_WORDS else "False" if word in _FALSE_WORDS else "True or False"
+        raise ValueError(f"expected True or False, not a string: write {meant} without quotes")
     raise ValueError("expected True or False")
+
+
+_TRUE_WORDS = ("true", "on", "yes", "1")
+_FALSE_WORDS = ("false", "off", "no", "0", "")
 
 
 def positive(value: Any) -> float:

@@ -23,6 +23,7 @@ __all__ = [
     "NotFound",
     "RTServerError",
     "SessionLockTimeout",
+    "StartupError",
     "TimeoutError",
     "status_line",
 ]
@@ -54,6 +55,12 @@ class RTServerError(Exception):
 
 class ConfigError(RTServerError, ValueError):
     """A config value or key is wrong; the message names the key (and file, section)."""
+
+
+class StartupError(RTServerError):
+    """The process cannot start serving; the message is one line saying what to do
+    (a port in use, a broker URL, a missing extra). The engine logs it without a
+    traceback and the process exits with 70."""
 
 
 class TimeoutError(RTServerError):

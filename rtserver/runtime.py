@@ -13,7 +13,8 @@ import re
 import sys
 from typing import Any
 
-from .bus.bus import Bus
+from . import autoreload
+from .bus.bus import EX_SOFTWARE, Bus
 from .bus.plugins import PIDFile, SignalHandler, TimeoutMonitor
 from .config import (
     as_bool,
@@ -25,7 +26,8 @@ from .config import (
     positive,
     string,
 )
-from .errors import ConfigError
+from .cooperative import NotCooperative, ensure_cooperative
+from .errors import ConfigError, StartupError
 from .servers.base import Server
 from .web.app import Application, Tree
 from .web.builtin_tools import tools
@@ -57,7 +59,9 @@ declare(
 declare(
     "engine.autoreload.on",
     False,
-    "Accepted for CherryPy compatibility; rtserver has no code autoreloader (use your process manager).",
+    "Restart the app when one of its Python files or the config files it read changes (development; "
+    "rtserver run --reload sets it): engine.start() makes the process a supervisor that runs the app "
+    "as a child process. Ignored under rtserver run --workers.",
     as_bool,
     scope="global",
 )
@@ -106,8 +110,20 @@ class Engine(Bus):
         return self.signal_handler
 
     def start(self) -> None:
-        """Check the mounted applications' config, then start (see :meth:`Bus.start`)."""
+        """Check the mounted applications' config, make the process cooperative when
+        one of rtserver's servers is to serve, then start (see :meth:`Bus.start`)."""
+        serving = any(isinstance(owner, Server) for owner in _subscribed(self, "start"))
+        # First, unpatched: the reloader's supervisor serves nothing, and its child
+        # reports the app's config errors (validate) while the supervisor keeps watching.
+        autoreload.on_engine_start(self, serving)
         tree.validate()
+        if serving:
+            try:
+                ensure_cooperative()
+            except NotCooperative as exc:
+                self.log(str(exc), level=logging.ERROR)
+                self.exit(EX_SOFTWARE)
+                raise
         monitor_on = self.timeout_monitor in _subscribed(self, "start")
         tree.set_monitor(self.timeout_monitor if monitor_on else None)
         super().start()
@@ -201,7 +217,8 @@ def _apply_engine(rest: str, value: Any) -> None:
         if value:
             engine.pidfile = PIDFile(engine, value)
             engine.pidfile.subscribe()
-    # engine.autoreload.on: accepted, nothing to do.
+    elif rest == "autoreload.on":
+        autoreload.setting_changed(engine, value)  # read by engine.start; too late after it
 
 
 _LOG_FORMAT = "[%(asctime)s] %(name)s %(levelname)s %(message)s"
@@ -246,20 +263,28 @@ def quickstart(root: Any = None, script_name: str = "", config: Any = None) -> N
     """Mount ``root`` with ``config``, subscribe the signal handler, start and block.
 
     ``config`` is an app config (dict or INI filename); its ``[global]`` section goes to
-    the global config, as CherryPy does.
+    the global config, as CherryPy does. A wrong config (:class:`ConfigError`) or a
+    failed start (:class:`StartupError`) is logged as its one line, without a
+    traceback, and the process exits with 70.
     """
-    if config is not None:
-        from .config import normalize
+    try:
+        if config is not None:
+            from .config import normalize
 
-        sections = normalize(config)
-        if "global" in sections:
-            global_config.update(sections.pop("global"))
-        config = sections
-    _configure_logging()
-    if root is not None:
-        tree.mount(root, script_name, config)
-    engine.signals.subscribe()
-    engine.start()
+            sections = normalize(config)
+            if "global" in sections:
+                global_config.update(sections.pop("global"))
+            config = sections
+        _configure_logging()
+        if root is not None:
+            tree.mount(root, script_name, config)
+        engine.signals.subscribe()
+        engine.start()
+    except (ConfigError, StartupError) as exc:
+        _configure_logging()
+        engine.log(str(exc), level=logging.ERROR)
+        engine.exit(EX_SOFTWARE)
+        raise
     engine.block()
 
 

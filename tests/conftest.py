@@ -44,7 +44,11 @@ def signal_script(script: str, ready: pathlib.Path, signals: list[int], pause: f
     """Run ``script`` in a fresh interpreter; once it creates ``ready``, send it each of
     ``signals`` (``pause`` seconds apart) and return ``(exit status, stdout, stderr)``."""
     proc = subprocess.Popen(
-        [sys.executable, "-c", textwrap.dedent(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        [sys.executable, "-c", textwrap.dedent(script)],
+        stdin=subprocess.DEVNULL,  # no terminal: SIGHUP is graceful (daemonised)
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         deadline = time.monotonic() + 20

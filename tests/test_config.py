@@ -105,6 +105,69 @@ def test_bad_global_keys_fail_naming_the_key(key, fragment):
     assert fragment in str(info.value)
 
 
+def test_ini_errors_name_the_line_past_comments_and_continuation_lines(tmp_path):
+    conf = tmp_path / "app.conf"
+    conf.write_text(
+        "; settings\n"
+        "[global]\n"
+        "# the port\n"
+        "server.socket_port: 8090\n"
+        "request.methods_with_bodies = ('POST',\n"
+        "    'PUT')\n"
+        "\n"
+        "[/]\n"
+        "tools.gzip.on = True\n"
+        "response.timout = 60\n"
+    )
+    with pytest.raises(ConfigError) as info:
+        read_file(conf)
+    assert str(info.value) == (
+        f"unknown config key 'response.timout' ({conf}, line 10); did you mean 'response.timeout'?"
+    )
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        (
+            {"server.admin.socket_prot": 8091},
+            "unknown config key 'server.admin.socket_prot' (global config): socket_prot is not a server key; "
+            "did you mean 'server.admin.socket_port'?",
+        ),
+        (
+            {"sever.socket_port": 8091},
+            "unknown config namespace in key 'sever.socket_port' (global config); known namespaces: "
+            "engine, server, tools, request, response, log, error_page, hub, checker; "
+            "did you mean 'server.socket_port'?",
+        ),
+        ({"server.nothing_like_it": 1}, "unknown config key 'server.nothing_like_it' (global config)"),
+    ],
+)
+def test_unknown_keys_offer_the_closest_declared_key(config, message):
+    with pytest.raises(ConfigError) as info:
+        rtserver.config.update(config)
+    assert str(info.value) == message
+
+
+@pytest.mark.parametrize("value", ["False", "True", "yes", "off", ""])
+def test_a_string_is_not_a_bool(value):
+    """ "False" used to be read as true by a tool's ``on``: every boolean key refuses
+    strings, declared (engine.timeout_monitor.on) or a tool's switch (tools.NAME.on)."""
+    with pytest.raises(ConfigError, match=r"engine\.timeout_monitor\.on = .*not a string"):
+        rtserver.config.update({"engine.timeout_monitor.on": value})
+    with pytest.raises(ConfigError, match=r"section \[/\]: tools\.gzip\.on = .*without quotes"):
+        rtserver.Application(None, "", {"/": {"tools.gzip.on": value}})
+
+
+def test_ini_booleans_are_python_literals(tmp_path):
+    conf = tmp_path / "app.conf"
+    conf.write_text("[/]\ntools.gzip.on = False\ntools.etags.on: True\n")
+    assert read_file(conf) == {"/": {"tools.gzip.on": False, "tools.etags.on": True}}
+    conf.write_text("[/]\ntools.gzip.on = false\n")
+    with pytest.raises(ConfigError, match=r"app\.conf, line 2, .*'false'.*write False"):
+        read_file(conf)
+
+
 def test_unknown_tool_or_tool_argument_fails_at_mount_and_start():
     class Root:
         @rtserver.expose

@@ -2,7 +2,9 @@
 
 Embedded defaults: the in-memory hub and RAM sessions, nothing else to run. With
 ``--broker redis://127.0.0.1:6379/0`` the hub and the sessions use that Redis, and
-``--workers N`` runs N processes on the port whose users chat with each other.
+``--workers N`` runs N processes on the port whose users chat with each other. A Redis
+broker needs redis-py: ``bash scripts/setup.sh redis`` installs it into this checkout's
+``.venv`` (``scripts/run-chat.sh --broker ...`` does that by itself).
 """
 
 from gevent import monkey
@@ -14,6 +16,7 @@ import os  # noqa: E402
 import sys  # noqa: E402
 
 TARGET = "examples.chat.app:application"
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -25,6 +28,14 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _have_redis() -> bool:
+    try:
+        import redis  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def _shown_host(host: str) -> str:
     return "127.0.0.1" if host in ("", "0.0.0.0") else f"[{host}]" if ":" in host and host != "::" else host
 
@@ -34,6 +45,11 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.workers > 1 and args.port == 0:
         _parser().error("--workers needs a fixed --port")
+    if args.broker and args.broker.startswith(REDIS_SCHEMES) and not _have_redis():
+        _parser().error(
+            "--broker with a Redis URL needs redis-py (the hub and the sessions use it): "
+            "install it with `bash scripts/setup.sh redis` in this checkout, or run scripts/run-chat.sh"
+        )
     # Worker processes import examples.chat.app: let them find it from anywhere.
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)

@@ -20,9 +20,14 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
+from ..errors import ConfigError, StartupError
+
 __all__ = ["Bus", "ChannelFailures", "States"]
 
 log = logging.getLogger("rtserver.engine")
+
+#: Start failures that explain themselves in one line (no traceback).
+_USER_ERRORS = (StartupError, ConfigError)
 
 #: Exit status when a start listener failed (sysexits.h EX_SOFTWARE).
 EX_SOFTWARE = 70
@@ -112,6 +117,8 @@ class Bus:
         results = []
         ordered = sorted(listeners, key=lambda cb: self._priorities[(channel, cb)])
         for listener in ordered:
+            if failures and channel == "start":
+                break  # the engine goes down: start nothing more (no server binds, then closes)
             try:
                 results.append(listener(*args, **kwargs))
             except KeyboardInterrupt:
@@ -123,6 +130,9 @@ class Bus:
             except Exception as exc:
                 if channel == "log":
                     continue  # a broken log listener must not recurse into logging
+                if isinstance(exc, _USER_ERRORS):
+                    failures.append(exc)  # said in one line by the caller (start)
+                    continue
                 self.log(f"Error in {channel!r} listener {listener!r}", level=logging.ERROR, traceback=True)
                 failures.append(exc)
         if failures:
@@ -143,7 +153,13 @@ class Bus:
         try:
             self.publish("start")
         except (ChannelFailures, Exception) as exc:
-            self.log(f"Shutting down due to error in start listener: {exc}", level=logging.ERROR)
+            said = [e for e in getattr(exc, "exceptions", [exc]) if isinstance(e, _USER_ERRORS)]
+            if said:
+                # One line a user can act on (a port in use, a config key), no traceback.
+                for e in said:
+                    self.log(str(e), level=logging.ERROR)
+            else:
+                self.log(f"Shutting down due to error in start listener: {exc}", level=logging.ERROR)
             self.exit(EX_SOFTWARE)
             raise
         if self.state is not States.STARTING:

@@ -81,7 +81,10 @@ class Monitor(SimplePlugin):
         if thread is not None:
             self._stopping.set()
             if thread is not threading.current_thread():
-                thread.join(timeout=max(1.0, min(self.frequency, 5.0)))
+                try:
+                    thread.join(timeout=max(1.0, min(self.frequency, 5.0)))
+                except RuntimeError:
+                    pass  # a stop during start(), before the thread ran: it sees _stopping at once
 
     def graceful(self) -> None:
         """Restart the loop (picks up a new frequency)."""
@@ -159,9 +162,15 @@ class SignalHandler:
         self._console: Any = None
 
     def handle_SIGHUP(self) -> None:
-        """SIGHUP: graceful reload (servers keep their listening sockets)."""
-        self.bus.log("SIGHUP caught: graceful reload")
-        self.bus.graceful()
+        """SIGHUP, CherryPy's rule: a daemonised process (no terminal on stdin) reloads
+        gracefully (servers keep their listening sockets); a foreground one, whose
+        terminal went away, exits."""
+        if _on_a_terminal():
+            self.bus.log("SIGHUP caught but not daemonized: exiting")
+            self.bus.exit()
+        else:
+            self.bus.log("SIGHUP caught while daemonized: graceful reload")
+            self.bus.graceful()
 
     def subscribe(self) -> None:
         """Install the handlers (main thread only) and the Windows console handler."""
@@ -197,6 +206,13 @@ class SignalHandler:
             gevent.spawn(handler)
         else:
             threading.Thread(target=handler, name=f"signal-{name}", daemon=True).start()
+
+
+def _on_a_terminal() -> bool:
+    try:
+        return os.isatty(sys.stdin.fileno())
+    except (AttributeError, OSError, ValueError):
+        return False  # no stdin at all: as daemonised as it gets
 
 
 class _ConsoleCtrlHandler:  # pragma: no cover - Windows only

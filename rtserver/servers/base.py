@@ -5,20 +5,28 @@ shows: ``s = rtserver.Server(); s.socket_port = 8090; s.subscribe()``, or with c
 keys ``server.NAME.socket_port``. Every server serves the whole tree, pages and sockets.
 Which HTTP implementation runs is ``httpserver`` (default: our gevent connection
 server); set it to ``rtserver.servers.NativeServer(server)`` or a CherootServer.
+
+A server that cannot listen (a port in use, an address not of this machine, a Unix
+socket in a missing directory) or load its TLS files raises :class:`StartupError` from
+:meth:`Server.start`: one line naming the address, the config key and what to do, which
+the engine logs without a traceback before the process exits with status 70.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import socket
 import ssl
+import stat
 from typing import Any
 
 from ..config import declare, optional_string, port, positive, string
+from ..errors import ConfigError, StartupError
 from .options import HTTPOptions
 
-__all__ = ["Server", "ssl_context_from"]
+__all__ = ["Server", "listen_error", "ssl_context_from"]
 
 log = logging.getLogger("rtserver.error")
 
@@ -97,6 +105,77 @@ def ssl_context_from(certificate: str, private_key: str, chain: str | None = Non
     return ctx
 
 
+def _shown(addr: tuple[str, int] | str) -> str:
+    if isinstance(addr, str):
+        return addr
+    host, port_ = addr[0], addr[1]
+    return f"[{host}]:{port_}" if ":" in host else f"{host}:{port_}"
+
+
+def listen_error(exc: OSError, addr: tuple[str, int] | str, prefix: str = "server.") -> StartupError:
+    """The one line saying why binding ``addr`` failed with ``exc`` and what to do.
+
+    ``addr`` is ``(host, port)`` or a Unix socket path; ``prefix`` is the config
+    prefix of the server's keys (``server.`` or ``server.NAME.``), named in the line.
+    """
+    where = f"cannot listen on {_shown(addr)}"
+    code = exc.errno
+    if isinstance(exc, socket.gaierror):
+        return StartupError(
+            f"{where}: cannot resolve the host name ({prefix}socket_host); "
+            "use an IP address, or a name this machine resolves"
+        )
+    if isinstance(addr, str):
+        key = f"{prefix}socket_file"
+        directory = os.path.dirname(os.path.abspath(addr))
+        if code in (errno.ENOENT, errno.ENOTDIR):
+            return StartupError(
+                f"{where}: directory {directory} does not exist ({key}); create it or choose another path"
+            )
+        if code in (errno.EACCES, errno.EPERM, errno.EROFS):
+            return StartupError(f"{where}: permission denied ({key}); choose a directory this user can write to")
+        if code == errno.EADDRINUSE:
+            try:
+                is_socket = stat.S_ISSOCK(os.stat(addr).st_mode)
+            except OSError:
+                is_socket = True
+            if is_socket:
+                return StartupError(
+                    f"{where}: another server is listening on this socket ({key}); stop it or choose another path"
+                )
+            return StartupError(
+                f"{where}: a file that is not a socket is in the way ({key}); remove it or choose another path"
+            )
+        return StartupError(f"{where}: {exc.strerror or exc} ({key})")
+    if code == errno.EADDRINUSE:
+        return StartupError(
+            f"{where}: address already in use ({prefix}socket_port); stop the other process or choose another port"
+        )
+    if code == errno.EADDRNOTAVAIL:
+        return StartupError(
+            f"{where}: the address is not one of this machine's ({prefix}socket_host); "
+            "use 127.0.0.1, 0.0.0.0 (every interface) or an address of this machine"
+        )
+    if code in (errno.EACCES, errno.EPERM):
+        return StartupError(
+            f"{where}: permission denied ({prefix}socket_port); ports below 1024 need privileges: choose a port above 1023"
+        )
+    if code == errno.EAFNOSUPPORT:
+        return StartupError(
+            f"{where}: this machine does not support that address family ({prefix}socket_host); use an IPv4 address"
+        )
+    return StartupError(f"{where}: {exc.strerror or exc} ({prefix}socket_host, {prefix}socket_port)")
+
+
+def _tls_reason(exc: OSError, files: list[str]) -> str:
+    missing = [f for f in files if not os.path.isfile(f)]
+    if missing:
+        return f"{missing[0]} does not exist"
+    if isinstance(exc, ssl.SSLError):  # KEY_VALUES_MISMATCH, NO_START_LINE (not PEM)...
+        return str(exc.reason or exc).lower().replace("_", " ")
+    return str(exc.strerror or exc)
+
+
 class Server:
     """An HTTP server bus plugin (``subscribe()`` to follow the engine)."""
 
@@ -153,6 +232,20 @@ class Server:
             return f"{scheme}://{host}:{addr[1]}"
         return f"{scheme}+unix://{addr}"
 
+    @property
+    def config_prefix(self) -> str:
+        """The prefix of this server's config keys: ``server.`` for ``rtserver.server``,
+        ``server.NAME.`` for an extra server made by ``server.NAME.*`` keys, and
+        ``Server.`` (its attributes) for one made in code."""
+        from .. import runtime
+
+        if self is runtime.server:
+            return "server."
+        for name, extra in runtime.servers.items():
+            if extra is self:
+                return f"server.{name}."
+        return "Server."
+
     def configure(self, values: dict[str, Any]) -> None:
         """Apply ``server.*`` keys (without the prefix)."""
         for key, value in values.items():
@@ -176,13 +269,27 @@ class Server:
         self.engine.unsubscribe("graceful", self.graceful)
 
     def ssl_context(self) -> ssl.SSLContext | None:
-        """The TLS context when a certificate and key are configured."""
-        if self.ssl_certificate and self.ssl_private_key:
-            return ssl_context_from(self.ssl_certificate, self.ssl_private_key, self.ssl_certificate_chain)
-        if self.ssl_certificate or self.ssl_private_key:
-            from ..errors import ConfigError
+        """The TLS context when a certificate and key are configured.
 
-            raise ConfigError("server.ssl_certificate and server.ssl_private_key must be set together")
+        Raises :class:`ConfigError` when only one of them is set, and
+        :class:`StartupError` naming the files when they cannot be loaded.
+        """
+        p = self.config_prefix
+        if self.ssl_certificate and self.ssl_private_key:
+            try:
+                return ssl_context_from(self.ssl_certificate, self.ssl_private_key, self.ssl_certificate_chain)
+            except OSError as exc:  # a missing file; ssl.SSLError: not PEM, key mismatch
+                files = [self.ssl_certificate, self.ssl_private_key]
+                keys = f"{p}ssl_certificate, {p}ssl_private_key"
+                if self.ssl_certificate_chain:
+                    files.append(self.ssl_certificate_chain)
+                    keys += f", {p}ssl_certificate_chain"
+                raise StartupError(
+                    f"cannot load the TLS certificate {self.ssl_certificate} with the key {self.ssl_private_key} "
+                    f"({keys}): {_tls_reason(exc, files)}; check the paths and that the key belongs to the certificate"
+                ) from None
+        if self.ssl_certificate or self.ssl_private_key:
+            raise ConfigError(f"{p}ssl_certificate and {p}ssl_private_key must be set together")
         return None
 
     def http_options(self) -> Any:
@@ -215,18 +322,26 @@ class Server:
 
             cls = _cheroot.CherootServer if self.kind == "cheroot" else _cheroot.NativeServer
             return cls(self)
-        from ..errors import ConfigError
-
-        raise ConfigError(f"server.kind = {self.kind!r}: expected 'gevent', 'cheroot' or 'native'")
+        raise ConfigError(f"{self.config_prefix}kind = {self.kind!r}: expected 'gevent', 'cheroot' or 'native'")
 
     def start(self) -> None:
-        """Bind and start serving (returns once listening)."""
+        """Bind and start serving (returns once listening).
+
+        Raises :class:`StartupError` (see :func:`listen_error`) when the address
+        cannot be listened on; nothing is left open then.
+        """
         if self.running:
             return
         if self.httpserver is None:
             self.httpserver = self._make_httpserver()
             self._made_httpserver = True
-        self.httpserver.start()
+        try:
+            self.httpserver.start()
+        except OSError as exc:
+            if self._made_httpserver:
+                self.httpserver = None
+                self._made_httpserver = False
+            raise listen_error(exc, self.bind_addr, self.config_prefix) from None
         self.running = True
         self.engine.log(f"Serving on {self.base_url}")
 

@@ -170,9 +170,18 @@ class _WSGIGateway(_cheroot_wsgi.Gateway_10):
 
 
 class _ServerMixin:
-    """What both cheroot kinds add to cheroot's HTTPServer: a pre-bound socket."""
+    """What both cheroot kinds add to cheroot's HTTPServer: a pre-bound socket, and
+    the error of a failed bind kept (cheroot's own ``prepare`` drops its errno)."""
 
     rt_listener: socket.socket | None = None
+    rt_bind_error: OSError | None = None
+
+    def bind(self, family: int, type: int, proto: int = 0) -> Any:
+        try:
+            return super().bind(family, type, proto)  # type: ignore[misc]
+        except OSError as exc:
+            self.rt_bind_error = exc
+            raise
 
     def prepare(self) -> None:
         listener = self.rt_listener
@@ -411,7 +420,13 @@ class _CherootBase:
             # would read it as the CA file of client certificates).
             ssl_adapter.context = tls
             server.ssl_adapter = ssl_adapter
-        server.prepare()
+        try:
+            server.prepare()
+        except OSError as exc:
+            # cheroot says "No socket could be created -- (...)": raise the bind's own
+            # error instead, whose errno says why (Server.start words it for the user).
+            cause = server.rt_bind_error or exc.__cause__
+            raise (cause if isinstance(cause, OSError) else exc) from None
         self.httpserver = server
         if isinstance(bind, str):
             self._unix_path = bind

@@ -23,11 +23,23 @@ subscriber whether it missed something.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any, NamedTuple, Protocol
 
-from ...errors import ConfigError
+from ...errors import ConfigError, StartupError
 
-__all__ = ["BINARY", "TEXT", "Broker", "BrokerOptions", "Entry", "Sink", "create_broker", "envelope", "json_text"]
+__all__ = [
+    "BINARY",
+    "TEXT",
+    "Broker",
+    "BrokerOptions",
+    "Entry",
+    "Sink",
+    "check_broker",
+    "create_broker",
+    "envelope",
+    "json_text",
+]
 
 #: Entry kinds: a JSON text envelope, or a binary envelope (header line + bytes).
 TEXT = "t"
@@ -146,15 +158,50 @@ class Broker:
         return []
 
 
+_REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+
+#: How to get redis-py, for the one line saying it is missing.
+REDIS_INSTALL = "pip install 'rtserver[redis]' (from a checkout: bash scripts/setup.sh redis)"
+
+
+def _redacted(spec: str) -> str:
+    """``spec`` with the password of a URL (``scheme://user:secret@host``) hidden."""
+    return re.sub(r"(://[^/@:]*:)[^/@]*@", r"\1***@", spec)
+
+
+def check_broker(spec: str) -> None:
+    """Check a ``hub.broker`` value before anything connects.
+
+    Raises :class:`ConfigError` for a value that is neither ``'memory'`` nor a Redis
+    URL, and :class:`StartupError` for a Redis URL when redis-py cannot be imported;
+    either message is one line naming the key and what to do.
+    """
+    if spec == "memory":
+        return
+    if not isinstance(spec, str) or not spec.startswith(_REDIS_SCHEMES):
+        scheme = spec.partition("://")[0] if isinstance(spec, str) and "://" in spec else None
+        what = f"unsupported scheme {scheme!r}" if scheme else "not a broker URL"
+        raise ConfigError(
+            f"hub.broker = {_redacted(str(spec))!r}: {what}; use 'memory' (this process only) or a Redis URL "
+            "such as 'redis://127.0.0.1:6379/0' (also rediss:// and unix://)"
+        )
+    try:
+        import redis  # noqa: F401
+    except ImportError:
+        raise StartupError(
+            f"hub.broker = {_redacted(spec)!r} needs redis-py, which is not installed: {REDIS_INSTALL}"
+        ) from None
+
+
 def create_broker(spec: str, options: BrokerOptions) -> Broker:
     """The broker for ``hub.broker``: ``'memory'`` or a ``redis://`` / ``rediss://`` /
-    ``unix://`` URL."""
+    ``unix://`` URL. Raises as :func:`check_broker` does, at engine start (the hub's
+    plugin), where the engine logs the one line and the process exits with 70."""
+    check_broker(spec)
     if spec == "memory":
         from .memory import MemoryBroker
 
         return MemoryBroker(options)
-    if spec.startswith(("redis://", "rediss://", "unix://")):
-        from .redis import RedisBroker
+    from .redis import RedisBroker
 
-        return RedisBroker(spec, options)
-    raise ConfigError(f"hub.broker = {spec!r}: expected 'memory' or a redis:// URL")
+    return RedisBroker(spec, options)
