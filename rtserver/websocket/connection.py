@@ -14,6 +14,11 @@
 * an idle socket waits with no timer: one greenlet per thread (``_PingWatch``)
   wakes it when a keepalive ping is due; the recv timeout drives the pong
   deadline and the closing handshake timeout;
+* once the closing handshake is complete (close sent and received, whoever began
+  it) the connection ends at once and the server closes TCP (RFC 6455 §7.1.1),
+  with no wait for the peer's FIN; a peer that never answers a close is dropped at
+  ``close_timeout``, as is one whose connection was failed (§7.1.7), whose close
+  frame would be discarded anyway;
 * a queue over ``send_queue_size`` marks a slow consumer, closed with
   ``slow_consumer_close_code``.
 
@@ -569,6 +574,12 @@ class _Connection:
             watch.add(self, ping_interval)
         try:
             while not self.aborted and proto.state is not CLOSED:
+                if self.handshake_complete():
+                    # RFC 6455 §7.1.1: the server closes the TCP connection first, at
+                    # once; waiting for the peer's FIN would let a peer that keeps
+                    # TCP open hold the socket (and an engine stop) to close_timeout.
+                    self._send_last()
+                    break
                 if self.close_deadline is not None:
                     timeout: float | None = self.close_deadline - time.monotonic()
                 elif self.pong_deadline is not None:
@@ -602,6 +613,28 @@ class _Connection:
         finally:
             if watch is not None:
                 watch.conns.discard(self)
+
+    def handshake_complete(self) -> bool:
+        """Whether a close frame was both sent and received (RFC 6455 §7.1.2)."""
+        proto = self.proto
+        return proto.close_rcvd is not None and proto.close_sent is not None
+
+    def _send_last(self) -> None:
+        """Hand what is queued (the close frame, the FIN) to the kernel before the
+        socket is closed; a backed-up peer is waited for until the close deadline."""
+        flusher = self.flusher
+        if flusher is None or flusher is _SCHEDULED:
+            self.flusher = None  # a pending hub callback then finds nothing to send
+            try:
+                if self._drain():
+                    return
+            except OSError as exc:
+                self._lost(exc)
+                return
+            flusher = self.flusher = gevent.spawn(self._flush)
+        deadline = self.close_deadline
+        timeout = self.options.close_timeout if deadline is None else deadline - time.monotonic()
+        flusher.join(max(0.0, timeout))  # then finish() drops what is still queued
 
     def feed(self, data: bytes) -> None:
         """Process bytes read before the takeover (the request's leftover)."""

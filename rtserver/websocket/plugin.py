@@ -3,7 +3,9 @@
 Subscribed on ``rtserver.engine`` by default. As ws4py's CherryPy plugin,
 ``engine.publish('websocket-broadcast', message)`` sends ``message`` to every open
 socket. On engine ``stop`` every socket gets a 1001 close and the engine waits up to
-the close timeout for the closing handshakes, before the HTTP servers go down.
+the close timeout for the closing handshakes, before the HTTP servers go down. Each
+socket ends as soon as its peer answers (the server then closes TCP, RFC 6455 §7.1.1),
+so the wait lasts until the slowest peer answers, not until the close timeout.
 """
 
 from __future__ import annotations
@@ -101,7 +103,12 @@ class WebSocketPlugin(SimplePlugin):
         return sent
 
     def stop(self) -> None:
-        """Close every socket with 1001 and wait for the closing handshakes."""
+        """Close every socket with 1001 and wait for the closing handshakes.
+
+        A socket leaves ``handlers`` once its handshake is complete (its TCP connection
+        closed by the server) or its peer was dropped; those still open after the
+        close timeout are dropped here.
+        """
         self.stopping = True
         handlers = list(self.handlers)
         if not handlers:
@@ -112,6 +119,9 @@ class WebSocketPlugin(SimplePlugin):
                 handler.shutdown(1001, "server shutting down")
             except Exception:
                 log.debug("shutdown of %r failed", handler, exc_info=True)
+        # The connections' own close timers (tools.websocket.close_timeout, also 10 s by
+        # default) started just now: half a second more lets them drop their silent
+        # peers themselves; this loop drops the rest (a longer per-path timeout).
         deadline = time.monotonic() + self.close_timeout + 0.5
         import gevent
 
