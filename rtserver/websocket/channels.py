@@ -36,8 +36,10 @@ client → server
 
 * ``{"op": "join", "channel": c, "since": id}``: subscribe; with ``since`` (the last
   id the client saw) the missed messages come first, in order, none doubled (or a
-  ``gap`` notice when the hub no longer keeps them). Without ``since``, ``"history":
-  n`` asks for the last n messages (at most :attr:`ChannelSocket.history_limit`).
+  ``gap`` notice when the hub no longer keeps them); at most
+  :attr:`ChannelSocket.history_limit` of them, the newest, after a gap notice for
+  the older ones. Without ``since``, ``"history": n`` asks for the last n messages
+  (at most :attr:`ChannelSocket.history_limit`).
 * ``{"op": "leave", "channel": c}``
 * ``{"op": "publish", "channel": c, "data": ...}`` (the socket must have joined ``c``)
 * ``{"op": "presence", "channel": c}``: who is in ``c`` now
@@ -55,7 +57,8 @@ server → client
 * ``{"op": "left", "channel": c}``, ``{"op": "ok", "channel": c, "id": id}`` (a publish),
   ``{"op": "presence", "channel": c, "members": {...}}``, ``{"op": "pong"}``
 * ``{"op": "error", "error": code, "message": text, "channel": c}``; ``code`` is
-  ``bad-request``, ``forbidden``, ``not-joined``, ``too-many-channels``,
+  ``bad-request``, ``forbidden``, ``not-joined``, ``too-many-channels`` (this
+  socket's :attr:`ChannelSocket.max_channels`, or the process's ``hub.max_channels``),
   ``unavailable`` (the broker is down: try again) or what a hook raised with
   :class:`ChannelError`. The message is meant for people and never holds exception
   details.
@@ -75,6 +78,7 @@ from typing import Any
 
 from ..errors import BrokerUnavailable, HubError
 from .handler import WebSocket
+from .hub import TooManyChannels
 
 __all__ = ["CLIENT_PATH", "ChannelError", "ChannelSocket", "client_config", "client_path"]
 
@@ -105,6 +109,11 @@ def client_config(path: str = "/rtserver.js") -> dict[str, dict[str, Any]]:
     return {path: {"tools.staticfile.on": True, "tools.staticfile.filename": client_path()}}
 
 
+#: The largest message id a client may name: ids are signed 64-bit numbers in Redis
+#: (stream ids and counters) and far below this in memory.
+_MAX_ID = 2**63 - 1
+
+
 class ChannelError(Exception):
     """Raise from a hook to refuse a request with a message the user may see.
 
@@ -127,8 +136,8 @@ class ChannelSocket(WebSocket):
     session of the page that opened the socket (``tools.sessions`` on for its path).
     """
 
-    #: Most messages a join without ``since`` may ask for (the hub keeps
-    #: ``hub.history_size`` per channel).
+    #: Most messages a join sends before live ones: those asked for with ``history``,
+    #: or replayed for ``since`` (the hub keeps ``hub.history_size`` per channel).
     history_limit = 50
     #: Channels one socket may have joined at once.
     max_channels = 20
@@ -221,9 +230,10 @@ class ChannelSocket(WebSocket):
             raise ChannelError(f"At most {self.max_channels} channels at once.", code="too-many-channels")
         if not self.can_join(channel):
             raise ChannelError("You may not join this channel.")
+        self._check_capacity(channel)  # before any history goes out
         since = request.get("since")
-        if since is not None and (isinstance(since, bool) or not isinstance(since, int) or since < 0):
-            raise ChannelError("'since' is a message id (a whole number).", code="bad-request")
+        if since is not None and (isinstance(since, bool) or not isinstance(since, int) or not 0 <= since <= _MAX_ID):
+            raise ChannelError("'since' is a message id (a whole number from 0 to 2**63-1).", code="bad-request")
         if since is None:
             wanted = request.get("history", 0)
             if isinstance(wanted, bool) or not isinstance(wanted, int) or wanted < 0:
@@ -237,11 +247,30 @@ class ChannelSocket(WebSocket):
             for item in recent[-count:] if count else []:
                 self.send_json(item)
         info = self.member_info(channel)
-        self.join(channel, member=info, since=since, announce=self.announce_presence and info is not None)
+        try:
+            self.join(
+                channel,
+                member=info,
+                since=since,
+                announce=self.announce_presence and info is not None,
+                limit=self.history_limit,
+            )
+        except TooManyChannels:
+            raise self._too_many() from None
         self._reply(
             ref,
             {"op": "joined", "channel": channel, "presence": self._presence(channel), "last": since},
         )
+
+    def _check_capacity(self, channel: str) -> None:
+        try:
+            self._hub().check_capacity(channel)
+        except TooManyChannels:
+            raise self._too_many() from None
+
+    @staticmethod
+    def _too_many() -> ChannelError:
+        return ChannelError("The server has too many channels open; try again later.", code="too-many-channels")
 
     def _publish(self, ref: Any, channel: str, data: Any) -> None:
         if channel not in self.channels:

@@ -26,7 +26,8 @@ What a client receives (each message encoded once, whatever the number of subscr
   "id": n}``, one LF byte, then the bytes unchanged (split at the first ``b"\\n"``);
 * join/leave events (``announce``): ``{"channel": c, "id": n, "presence":
   {"action": "join"|"leave", "member": member_id, "info": info}}``; they take an id
-  and are kept in history like any message;
+  like any message, but history keeps the last ``hub.presence_history_size`` of
+  them apart from the messages: joins and leaves never push a message out;
 * a resume that cannot be served in full: ``{"channel": c, "gap": {"from": x, "to":
   y}}`` before the messages that are still kept -- messages with ``x < id <= y``
   are lost for this subscriber; ``"to": null`` when the broker lost its data (a
@@ -36,6 +37,31 @@ What a client receives (each message encoded once, whatever the number of subscr
 Ids increase within a channel (they need not be consecutive). A client remembers the
 last id it saw and, after reconnecting, joins with ``since=that_id``: it then receives
 exactly what it missed, in order, before anything newer, with no duplicate.
+``subscribe(..., limit=n)`` replays at most the newest n kept messages; the older
+ones are then covered by a gap notice (``ChannelSocket`` passes its
+``history_limit``, so no request makes the server send more than that).
+
+Bounds: what the hub and its broker keep for a channel lives only as long as the
+channel does, and no client can make them keep more channels than configured.
+
+* A channel lives while a socket is subscribed to it or its history still holds a
+  message. The hub forgets a channel when its last local subscriber leaves; the
+  memory broker drops its counter, join/leave events and history as soon as the
+  channel has no subscriber and no message left (see
+  :mod:`~rtserver.websocket.brokers.memory`); with Redis every key the hub writes
+  expires (``hub.redis_ttl`` after the channel's last publish for its counter and
+  history, ``2 x hub.presence_ttl`` for presence).
+* ``hub.max_channels`` caps the channels with subscribers in this process: a
+  subscription to one more raises :class:`TooManyChannels` (a :class:`HubError`;
+  ``ChannelSocket`` answers ``too-many-channels``). The memory broker keeps the
+  history of at most as many more channels without subscribers, forgetting the
+  longest idle first.
+* Epochs: ids stay monotonic when a channel's state was dropped and the channel is
+  used again. The new counter starts above every id the channel had before -- with
+  the memory broker above every id this process gave any dropped channel, with
+  Redis from the clock (ms x 1000) -- and its first message has ``prev`` 0. A client
+  resuming with an id from before therefore gets a gap notice (``"to": null`` while
+  the new epoch has no message yet), never another message under an id it holds.
 
 Backpressure: publishing never waits for a subscriber. Sockets of rtserver's
 WebSocket runtime (they have ``send_prepared``) get a pre-encoded frame and use the
@@ -72,7 +98,7 @@ from ..config import (
 from ..errors import BrokerUnavailable, HubError
 from .brokers import BINARY, TEXT, Broker, BrokerOptions, Entry, create_broker, json_text
 
-__all__ = ["Hub", "HubClientMixin", "HubPlugin", "hub"]
+__all__ = ["Hub", "HubClientMixin", "HubPlugin", "TooManyChannels", "hub"]
 
 log = logging.getLogger("rtserver.hub")
 
@@ -106,6 +132,40 @@ declare(
     24 * 3600,
     "Age in seconds after which a kept message is forgotten (0: no age limit). With Redis a channel's history also expires this long after its last message.",
     non_negative,
+    scope="global",
+)
+# Join/leave events kept per channel for resumes, apart from the messages: a client
+# back from a short disconnect in a busy room gets the few it missed; one away longer
+# gets a gap notice for them, and the "joined" reply's presence is complete anyway.
+# 20 events: about 9 KB per channel at most with the memory broker (measured), a
+# fifth of what its 100 messages of hub.history_size take.
+declare(
+    "hub.presence_history_size",
+    20,
+    "Join and leave events kept per channel for resumes, apart from its messages, so that presence never pushes a message out of history (0 keeps none: a resume across one gets a gap notice).",
+    non_negative_int,
+    scope="global",
+)
+# Far above what one process serves in practice (thousands of sockets share their
+# rooms, ChannelSocket allows 20 per socket), yet it bounds the hub's bookkeeping
+# (well under 1 KB per channel without history) and, with the memory broker, the
+# history kept: twice this many channels of hub.history_size messages at most.
+declare(
+    "hub.max_channels",
+    10_000,
+    "Most channels with subscribers in this process; subscribing to one more raises HubError (ChannelSocket answers too-many-channels). The memory broker keeps the history of at most as many more channels without subscribers (the longest idle is forgotten first).",
+    positive_int,
+    scope="global",
+)
+# A day, as hub.history_ttl by default: a channel's counter then lasts as long as its
+# history, so a client back within a day gets exact gap notices, and an abandoned
+# channel (say, 10,000 rooms joined and left by one client) costs Redis nothing a day
+# later. Ids survive the expiry: a new counter starts from the clock.
+declare(
+    "hub.redis_ttl",
+    24 * 3600,
+    "Seconds a channel's Redis keys (its id counter, history and join/leave events) outlive its last publish; its history expires sooner when hub.history_ttl is shorter, presence keys after 2 x hub.presence_ttl. A channel recreated later starts a new epoch of ids (still increasing).",
+    positive,
     scope="global",
 )
 declare(
@@ -160,6 +220,10 @@ declare(
 
 #: The channel name ``broadcast`` uses (reserved: cannot be subscribed to).
 BROADCAST_CHANNEL = "__broadcast__"
+
+
+class TooManyChannels(HubError):
+    """This process already has ``hub.max_channels`` channels with subscribers."""
 
 
 class _Message:
@@ -298,13 +362,16 @@ def _runtime_says_slow(ws: Any) -> bool:
 class _Channel:
     """A channel with subscribers in this process."""
 
-    __slots__ = ("filling", "last", "name", "pending", "subs")
+    __slots__ = ("filling", "known", "last", "name", "pending", "subs")
 
     def __init__(self, name: str) -> None:
         self.name = name
         self.subs: dict[int, _Subscriber] = {}
         #: Last id fanned out here; None until the first message.
         self.last: int | None = None
+        #: Highest id of the channel seen here (published, delivered or read): the
+        #: floor of the next publish, so ids grow even if the broker lost its counter.
+        self.known = 0
         #: While the channel fills a gap from history, live messages wait here.
         self.pending: collections.deque[Entry] | None = None
         self.filling = False
@@ -351,7 +418,6 @@ class Hub:
         self._ids = itertools.count(1)
         self._channels: dict[str, _Channel] = {}
         self._subscribers: dict[int, _Subscriber] = {}
-        self._known_last: dict[str, int] = {}
         self._heartbeat: gevent.Greenlet | None = None
         self._published = 0
         self._delivered = 0
@@ -360,6 +426,7 @@ class Hub:
         self._close_code = 1008
         self._announce = False
         self._presence_ttl = 20.0
+        self._max_channels = 10_000
         self._backlogged = False
 
     # -- life cycle ---------------------------------------------------------------------
@@ -373,6 +440,7 @@ class Hub:
         self._close_code = int(get("hub.slow_consumer_close_code"))
         self._announce = bool(get("hub.announce_presence"))
         self._presence_ttl = float(get("hub.presence_ttl"))
+        self._max_channels = int(get("hub.max_channels"))
         options = BrokerOptions(
             history_size=int(get("hub.history_size")),
             history_ttl=float(get("hub.history_ttl")),
@@ -380,6 +448,9 @@ class Hub:
             reconnect_backoff_max=float(get("hub.reconnect_backoff_max")),
             timeout=float(get("hub.broker_timeout")),
             prefix=str(get("hub.redis_prefix")),
+            presence_history_size=int(get("hub.presence_history_size")),
+            max_idle_channels=self._max_channels,
+            key_ttl=float(get("hub.redis_ttl")),
         )
         broker = create_broker(str(get("hub.broker")), options)
         self.broker = broker
@@ -425,6 +496,7 @@ class Hub:
         *,
         since: int | None = None,
         announce: bool | None = None,
+        limit: int | None = None,
     ) -> None:
         """Subscribe socket ``ws`` to ``channel``.
 
@@ -433,16 +505,22 @@ class Hub:
         leave events (default ``hub.announce_presence``; needs ``member``).
         ``since``: resume after that id -- the messages after it are delivered first,
         in order, then live ones, none lost or doubled; a ``gap`` notice says what is
-        no longer kept. Raises :class:`BrokerUnavailable` when the broker cannot
-        serve it (the socket is then not subscribed).
+        no longer kept. ``limit``: replay at most that many of them (the newest; a
+        gap notice covers the others). Raises :class:`TooManyChannels` when
+        ``channel`` would be one more than ``hub.max_channels`` here, and
+        :class:`BrokerUnavailable` when the broker cannot serve it (the socket is
+        then not subscribed).
         """
         _check_channel(channel)
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
+            raise HubError(f"limit is a number of messages (0 or more), not {limit!r}")
         broker = self._broker()
         sub = self._subscribers.get(id(ws))
+        if sub is not None and channel in sub.channels:
+            return
+        self.check_capacity(channel)
         if sub is None:
             sub = self._subscribers[id(ws)] = _Subscriber(self, ws)
-        if channel in sub.channels:
-            return
         announce = self._announce if announce is None else bool(announce)
         member_id = f"{self.node}-{next(self._ids)}" if member is not None else None
         m = _Membership(member_id, member, announce and member_id is not None, since)
@@ -456,24 +534,7 @@ class Hub:
         try:
             broker.listen(channel)
             if since is not None:
-                entries, last = broker.history(channel, since)
-                self._note_last(channel, last)
-                if since > last:
-                    # Ids from before the broker lost its data (a Redis restart without
-                    # persistence, a memory hub restarted): what came after ``since``
-                    # is unknown, so say so ("to": None) and resume from now.
-                    m.last = last
-                    if since > 0:
-                        sub.deliver({"channel": channel, "gap": {"from": since, "to": None}})
-                elif entries and entries[0].prev == 0 and since > 0:
-                    # The id chain starts again (prev 0) after ``since``: the history
-                    # the client missed was lost with the broker's data.
-                    self._send_gap(sub, m, channel, since, entries[0].id - 1)
-                for entry in entries:
-                    self._send_entry(sub, m, _Message(channel, entry))
-                    self._yield_if_backlogged()
-                if m.last is not None and last > m.last:
-                    self._send_gap(sub, m, channel, m.last, last)
+                self._resume(broker, sub, m, channel, since, limit)
             if member_id is not None:
                 broker.presence_join(channel, member_id, member, m.announce)
         except BaseException:
@@ -483,6 +544,47 @@ class Hub:
         self._flush_pending(sub, m, channel)
         if m.announce and member_id is not None:
             self._publish(channel, "presence", {"action": "join", "member": member_id, "info": member})
+
+    def check_capacity(self, channel: str) -> None:
+        """Raise :class:`TooManyChannels` if subscribing to ``channel`` would make one
+        channel more than ``hub.max_channels`` in this process."""
+        if channel not in self._channels and len(self._channels) >= self._max_channels:
+            raise TooManyChannels(
+                f"cannot subscribe to {channel!r}: this process already has {len(self._channels)} channels "
+                "with subscribers (hub.max_channels)"
+            )
+
+    def _resume(
+        self, broker: Broker, sub: _Subscriber, m: _Membership, channel: str, since: int, limit: int | None
+    ) -> None:
+        """Replay what ``channel`` kept after ``since`` (the newest ``limit``), gaps said."""
+        entries, last = broker.history(channel, since)
+        self._note_last(channel, last)
+        skipped = 0  # the newest id kept but not replayed (beyond ``limit``)
+        if limit is not None and len(entries) > limit:
+            skipped = entries[-limit - 1].id
+            entries = entries[len(entries) - limit :] if limit else []
+        if since > last:
+            # Ids from before the broker lost its data (a Redis restart without
+            # persistence, a memory hub restarted): what came after ``since`` is
+            # unknown, so say so ("to": None) and resume from now.
+            m.last = last
+            if since > 0:
+                sub.deliver({"channel": channel, "gap": {"from": since, "to": None}})
+        elif skipped:
+            self._send_gap(sub, m, channel, since, skipped)
+        elif entries and entries[0].prev == 0 and since > 0 and entries[0].id - 1 > since:
+            # The id chain starts again (prev 0, a new epoch) after ``since``: what the
+            # client missed was lost with the broker's data or the dropped channel.
+            self._send_gap(sub, m, channel, since, entries[0].id - 1)
+        for entry in entries:
+            self._send_entry(sub, m, _Message(channel, entry))
+            self._yield_if_backlogged()
+        if m.last is not None and last > m.last:
+            if m.last > 0:
+                self._send_gap(sub, m, channel, m.last, last)
+            else:
+                m.last = last  # ``since=0`` saw nothing, so nothing is lost for it
 
     def _flush_pending(self, sub: _Subscriber, m: _Membership, channel: str) -> None:
         pending = m.pending
@@ -528,15 +630,23 @@ class Hub:
         ch = self._channels.get(channel)
         if ch is not None and ch.subs.get(id(sub.ws)) is sub:
             del ch.subs[id(sub.ws)]
-            if not ch.subs:
+        try:
+            if m is not None:
+                self._leave_presence(channel, m, announce_leave)
+        finally:
+            # Last, so the broker sees the leave event while the channel is in use
+            # and can drop the channel's state at once after it.
+            if ch is not None and not ch.subs and self._channels.get(channel) is ch:
                 del self._channels[channel]
                 if self.broker is not None:
                     self.broker.unlisten(channel)
-        if m is None or m.member_id is None or self.broker is None:
+
+    def _leave_presence(self, channel: str, m: _Membership, announce: bool) -> None:
+        if m.member_id is None or self.broker is None:
             return
         try:
             left = self.broker.presence_leave(channel, m.member_id)
-            if left and m.announce and announce_leave:
+            if left and m.announce and announce:
                 self._publish(channel, "presence", {"action": "leave", "member": m.member_id, "info": m.info})
         except BrokerUnavailable:
             pass  # logged by the broker; the member expires with presence_ttl
@@ -579,7 +689,8 @@ class Hub:
                 encoded = json_text(data).encode("utf-8")
             except (TypeError, ValueError) as exc:
                 raise HubError(f"cannot publish {type(data).__name__} to {channel!r}: {exc}") from None
-        entry = broker.publish(channel, kind, field, encoded, floor=self._known_last.get(channel, 0))
+        ch = self._channels.get(channel)
+        entry = broker.publish(channel, kind, field, encoded, floor=ch.known if ch is not None else 0)
         self._note_last(channel, entry.id)
         self._published += 1
         return entry.id
@@ -589,8 +700,10 @@ class Hub:
         self._broker().broadcast(message)
 
     def _note_last(self, channel: str, msg_id: int) -> None:
-        if msg_id > self._known_last.get(channel, 0):
-            self._known_last[channel] = msg_id
+        # Only for channels with local subscribers: nothing is kept for the others.
+        ch = self._channels.get(channel)
+        if ch is not None and msg_id > ch.known:
+            ch.known = msg_id
 
     # -- delivery (Sink: called by the broker's delivery greenlet) -----------------------------
 
@@ -800,9 +913,17 @@ class HubClientMixin:
     def _hub(self) -> Hub:
         return self.hub if self.hub is not None else _default_hub()
 
-    def join(self, channel: str, member: Any = None, *, since: int | None = None, announce: bool | None = None) -> None:
+    def join(
+        self,
+        channel: str,
+        member: Any = None,
+        *,
+        since: int | None = None,
+        announce: bool | None = None,
+        limit: int | None = None,
+    ) -> None:
         """Subscribe this socket to ``channel`` (see :meth:`Hub.subscribe`)."""
-        self._hub().subscribe(self, channel, member, since=since, announce=announce)
+        self._hub().subscribe(self, channel, member, since=since, announce=announce, limit=limit)
 
     def leave(self, channel: str) -> None:
         """Unsubscribe this socket from ``channel``."""

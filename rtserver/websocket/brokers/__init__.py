@@ -64,6 +64,9 @@ class BrokerOptions(NamedTuple):
     reconnect_backoff_max: float = 5
     timeout: float = 5
     prefix: str = "rtserver:hub:"
+    presence_history_size: int = 20  # join/leave events kept apart from messages
+    max_idle_channels: int = 10_000  # memory: channels without subscribers keeping history
+    key_ttl: float = 24 * 3600.0  # redis: seconds every key outlives its channel's last write
 
 
 class Sink(Protocol):

@@ -1,21 +1,34 @@
 """The Redis broker (``hub.broker = 'redis://host:port/db'``): many processes, one hub.
 
-Keys (``P`` is ``hub.redis_prefix``, ``c`` the channel name):
+Keys (``P`` is ``hub.redis_prefix``, ``c`` the channel name). Every key the hub
+writes has a TTL, refreshed by the writes that keep it useful, so a channel nobody
+uses any more leaves nothing behind in a Redis that may also hold the sessions:
 
-* ``P n:c`` -- the channel's last id (a counter; never expires, so ids keep growing);
+* ``P n:c`` -- the channel's last id (a counter); expires ``hub.redis_ttl`` after
+  the channel's last publish (of any kind);
 * ``P h:c`` -- a stream of the last ``hub.history_size`` messages, entry id ``0-<id>``,
   fields ``k`` (kind), ``p`` (previous id), ``t`` (ms), ``e`` (the envelope);
-  it expires ``hub.history_ttl`` after the last publish;
+  it expires ``hub.history_ttl`` (at most ``hub.redis_ttl``) after the last message;
+* ``P e:c`` -- a list of the last ``hub.presence_history_size`` join/leave events,
+  each ``<kind><id>,<prev>,<ms>:<envelope>``, apart from the messages so that they
+  never push one out of the stream; same expiry as the stream (a list of a few
+  short items costs far less than a stream, whose first node alone takes ~4 KB);
 * ``P m:c`` -- the pub/sub channel every process listening to ``c`` subscribes to;
-  payload ``<kind><id>,<prev>:<envelope>``;
+  payload ``<kind><id>,<prev>:<envelope>`` (pub/sub keeps no key);
 * ``P p:c`` / ``P x:c`` -- presence: a hash member id -> ``{"info", "announce"}``
   and a sorted set member id -> expiry (Redis time, ms), kept alive by heartbeats;
+  both expire ``2 x hub.presence_ttl`` after the last heartbeat or join;
 * ``P broadcast`` -- the pub/sub channel of :meth:`RedisBroker.broadcast`.
 
-One Lua script assigns the id, appends to the stream and publishes, atomically: the
-order of ids is the order of delivery, in every process. A new counter starts above
-both the caller's ``floor`` and the current time in ms x 1000, so that ids still
-increase after Redis restarted without its data.
+One Lua script assigns the id, appends to the stream (or the events list) and
+publishes, atomically: the order of ids is the order of delivery, in every process.
+A new counter -- the first of a channel, or one after the counter expired or Redis
+restarted without its data -- starts a new epoch above both the caller's ``floor``
+and the current time in ms x 1000, so ids keep increasing (as long as a channel
+averages fewer than a million messages a second) and its first message has
+``prev`` 0; the counter always outlives the channel's history, so an epoch never
+starts while older messages are still kept. Keys written by an older rtserver
+without a TTL get one on their channel's next publish.
 
 One greenlet per process reads the pub/sub connection. When it breaks, it reconnects
 with exponential backoff (up to ``hub.reconnect_backoff_max``), subscribes again and
@@ -25,6 +38,7 @@ redis-py is imported here only: rtserver runs without the ``redis`` extra.
 
 from __future__ import annotations
 
+import heapq
 import json
 import logging
 import time
@@ -40,6 +54,9 @@ __all__ = ["RedisBroker"]
 
 log = logging.getLogger("rtserver.hub")
 
+# KEYS: counter, stream, pub/sub channel, events list. ARGV: kind, channel (JSON),
+# field, data, floor, now (ms), entries kept (of the stream or of the events list),
+# their ttl (ms), the counter's ttl (ms).
 _PUBLISH = """
 local last = redis.call('GET', KEYS[1])
 local prev = 0
@@ -52,6 +69,7 @@ else
   redis.call('SET', KEYS[1], string.format('%d', base))
   n = redis.call('INCR', KEYS[1])
 end
+redis.call('PEXPIRE', KEYS[1], ARGV[9])
 local nid = string.format('%d', n)
 local pid = string.format('%d', prev)
 local env
@@ -60,11 +78,14 @@ if ARGV[1] == 't' then
 else
   env = '{"channel":' .. ARGV[2] .. ',"id":' .. nid .. '}\\n' .. ARGV[4]
 end
-if tonumber(ARGV[7]) > 0 then
+local keep = tonumber(ARGV[7])
+if keep > 0 and ARGV[3] == 'presence' then
+  redis.call('RPUSH', KEYS[4], ARGV[1] .. nid .. ',' .. pid .. ',' .. ARGV[6] .. ':' .. env)
+  redis.call('LTRIM', KEYS[4], -keep, -1)
+  redis.call('PEXPIRE', KEYS[4], ARGV[8])
+elseif keep > 0 then
   redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[7], '0-' .. nid, 'k', ARGV[1], 'p', pid, 't', ARGV[6], 'e', env)
-  if tonumber(ARGV[8]) > 0 then
-    redis.call('PEXPIRE', KEYS[2], ARGV[8])
-  end
+  redis.call('PEXPIRE', KEYS[2], ARGV[8])
 end
 redis.call('PUBLISH', KEYS[3], ARGV[1] .. nid .. ',' .. pid .. ':' .. env)
 return {n, prev}
@@ -121,6 +142,13 @@ local removed = redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('HDEL', KEYS[1], ARGV[1])
 return removed
 """
+
+
+def _parse_event(item: bytes) -> tuple[Entry, int]:
+    """A join/leave event of the events list, and when it was stored (ms)."""
+    head, _, env = item.partition(b":")
+    msg_id, prev, stored = head[1:].split(b",")
+    return Entry(int(msg_id), int(prev), head[:1].decode(), env), int(stored)
 
 
 class RedisBroker(Broker):
@@ -308,20 +336,26 @@ class RedisBroker(Broker):
 
     # -- messages ----------------------------------------------------------------------
 
+    def _history_ttl_ms(self) -> int:
+        """How long kept messages and events live after the last one: ``history_ttl``
+        when set, never longer than the counter (``key_ttl``)."""
+        ttl = self.options.history_ttl
+        return max(1, int(min(ttl, self.options.key_ttl) * 1000 if ttl > 0 else self.options.key_ttl * 1000))
+
     def publish(self, channel: str, kind: str, field: str, data: bytes, floor: int = 0) -> Entry:
-        opts = self.options
-        now_ms = int(time.time() * 1000)
+        keep = self.options.presence_history_size if field == "presence" else self.options.history_size
         args = [
             kind,
             json_text(channel),
             field,
             data,
             floor,
-            now_ms,
-            max(0, int(opts.history_size)),
-            int(opts.history_ttl * 1000),
+            int(time.time() * 1000),
+            max(0, int(keep)),
+            self._history_ttl_ms(),
+            max(1, int(self.options.key_ttl * 1000)),
         ]
-        keys = [self._key("n", channel), self._key("h", channel), self._mchan(channel)]
+        keys = [self._key("n", channel), self._key("h", channel), self._mchan(channel), self._key("e", channel)]
         msg_id, prev = self._call("publish", self._scripts["publish"], keys=keys, args=args)
         # The envelope is built by the script; the caller only needs id and prev.
         return Entry(int(msg_id), int(prev), kind, b"")
@@ -371,19 +405,21 @@ class RedisBroker(Broker):
         def run() -> Any:
             with client.pipeline(transaction=True) as pipe:
                 pipe.xrange(self._key("h", channel), start, "+")
+                pipe.lrange(self._key("e", channel), 0, -1)
                 pipe.get(self._key("n", channel))
                 return pipe.execute()
 
-        rows, last = self._call("history", run)
+        rows, events, last = self._call("history", run)
         ttl_ms = int(self.options.history_ttl * 1000)
-        limit = int(time.time() * 1000) - ttl_ms if ttl_ms > 0 else None
-        entries = []
+        limit = int(time.time() * 1000) - ttl_ms if ttl_ms > 0 else 0
+        floor = -1 if since is None else since
+        messages = []
         for _sid, fields in rows:
-            if limit is not None and int(fields[b"t"]) < limit:
-                continue
-            msg_id = int(_sid.split(b"-", 1)[1])
-            entries.append(Entry(msg_id, int(fields[b"p"]), fields[b"k"].decode(), fields[b"e"]))
-        return entries, int(last or 0)
+            if int(fields[b"t"]) >= limit:
+                msg_id = int(_sid.split(b"-", 1)[1])
+                messages.append(Entry(msg_id, int(fields[b"p"]), fields[b"k"].decode(), fields[b"e"]))
+        kept_events = [entry for entry, stored in map(_parse_event, events) if entry.id > floor and stored >= limit]
+        return list(heapq.merge(messages, kept_events, key=lambda entry: entry.id)), int(last or 0)
 
     # -- presence ----------------------------------------------------------------------
 
