@@ -107,15 +107,23 @@ class HTTPRedirect(RTServerError):
 
     Relative URLs are resolved against the current request's URL, as CherryPy does.
     The default status is 303 for HTTP/1.1 (302 for HTTP/1.0).
+
+    ``offsite`` says whether the target may be on another host. ``None`` (default):
+    refused when ``request.allowed_hosts`` is set and the target's host is not in it,
+    allowed otherwise (CherryPy's behaviour). ``False``: only this site (the listed
+    hosts, or the request's own host); use it for a target taken from the request,
+    such as ``?next=``. ``True``: anywhere (a deliberate redirect to an OAuth
+    provider, say). A refused redirect is logged as an error and answered 400.
     """
 
-    def __init__(self, urls: str | Sequence[str], status: int | None = None) -> None:
+    def __init__(self, urls: str | Sequence[str], status: int | None = None, *, offsite: bool | None = None) -> None:
         self.urls = [urls] if isinstance(urls, str) else list(urls)
         if not self.urls:
             raise ValueError("HTTPRedirect needs at least one URL")
         if status is not None and not 300 <= int(status) <= 399:
             raise ValueError(f"redirect status must be 3xx, not {status!r}")
         self.status = status
+        self.offsite = offsite
         super().__init__(self.urls, status)
 
     def resolved(self, base_url: str) -> list[str]:

@@ -16,11 +16,13 @@ path (dispatch, merged config, tool set-up) is computed once and cached.
 
 from __future__ import annotations
 
+import html
 import logging
 import os
 import sys
 import time
 import traceback as _traceback
+import urllib.parse
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -31,7 +33,7 @@ from ..config import global_config as _global_config
 from .context import serving
 from .dispatch import call_handler, find_handler, is_socket_class
 from .hooks import HookMap
-from .httputil import error_page_html
+from .httputil import error_page_html, host_allowed, split_host
 from .request import Request, parse_query_string
 from .response import Response
 
@@ -72,7 +74,43 @@ declare(
 )
 declare_pattern(
     r"error_page\.(\d{3}|default)",
-    "A file name (or a callable `f(status, message, traceback, version)` returning the page) used as the error page for that status; `default` for any status.",
+    "A file name (or a callable `f(status, message, traceback, version)` returning the page) used as the "
+    "error page for that status; `default` for any status. A file is a template filled with `%(status)s`, "
+    "`%(message)s`, `%(traceback)s`, `%(version)s`, HTML-escaped (the message may quote the request path); "
+    "a callable gets them unescaped and escapes what it puts in HTML.",
+)
+
+
+def _check_hosts(value: Any) -> tuple[str, ...]:
+    """A host name, or a list of them: ``'example.com'``, ``'.example.com'``, ``'*'``."""
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, (list, tuple, set, frozenset)) or not all(isinstance(h, str) for h in items):
+        raise ValueError("expected a list of host names, like ['example.com', '.example.org']")
+    hosts: list[str] = []
+    for item in items:
+        name = item.strip().lower()
+        if name == "*":
+            hosts.append(name)
+            continue
+        parts = split_host(name[1:] if name.startswith(".") else name)
+        if parts is None or parts[1] or (name.startswith(".") and name[1:2] == "."):
+            raise ValueError(
+                f"{item!r} is not a host name (write 'example.com' or '.example.com': no scheme, port or path)"
+            )
+        hosts.append(name)
+    return tuple(hosts)
+
+
+declare(
+    "request.allowed_hosts",
+    (),
+    "Host names this path answers, as Django's ALLOWED_HOSTS: `['example.com', '.example.org']` "
+    "('.example.org': it and its subdomains; '*': any; ports are not compared). A request for another Host "
+    "(or X-Forwarded-Host under tools.proxy) is answered 400 and logged, so no URL or redirect is built from "
+    "it, and redirects to unlisted hosts are refused (400) unless raised with `HTTPRedirect(url, offsite=True)`. "
+    "Empty (the default, for compatibility): any host; set it in production, e.g. "
+    "`request.allowed_hosts = ['example.com']` in [global].",
+    _check_hosts,
 )
 declare_pattern(r"response\.headers\.[A-Za-z0-9-]+", "A response header set on every response of that path.")
 
@@ -315,6 +353,7 @@ class Application:
                         setattr(response, attr, value)
                     for name, value in r.extra_headers:
                         response.headers[name] = value
+                    request.check_host()
                     for _ in range(_MAX_INTERNAL_REDIRECTS):
                         try:
                             self._pipeline(request, response, r, hooks)
@@ -394,6 +433,17 @@ class Application:
 
     def _redirect(self, request: Request, response: Response, redirect: errors.HTTPRedirect) -> None:
         urls = redirect.resolved(request.url())
+        if not _redirect_allowed(request, urls[0], redirect.offsite):
+            # An open redirect (a target taken from the query string, say) sends users
+            # to a phishing page under this site's name: refuse, and tell the operator.
+            error_log.error(
+                "Refused the redirect of %s to %r: not a host of this site (request.allowed_hosts); "
+                "raise HTTPRedirect(url, offsite=True) for a deliberate off-site redirect",
+                request.request_line[:200],
+                urls[0][:200],
+            )
+            self._error_response(request, response, "400 Bad Request", "The redirect target is not on this site.", None)
+            return
         status = redirect.status or (303 if request.protocol >= (1, 1) else 302)
         response.status = status
         response.headers["Location"] = urls[0]
@@ -401,8 +451,6 @@ class Application:
             response.body = None
             return
         response.headers["Content-Type"] = "text/html;charset=utf-8"
-        import html
-
         response.body = f'This resource can be found at <a href="{html.escape(urls[0])}">{html.escape(urls[0])}</a>.'
 
     def _error_response(
@@ -442,13 +490,45 @@ class Application:
                     return result if isinstance(result, (str, bytes)) else str(result)
                 with open(page, encoding="utf-8") as fh:
                     template = fh.read()
-                return template % {"status": status, "message": message, "traceback": tb, "version": _VERSION}
+                # Escaped as CherryPy does: the message quotes the request path (a 404),
+                # so an unescaped template would be a reflected XSS.
+                values = {"status": status, "message": message, "traceback": tb, "version": _VERSION}
+                return template % {k: html.escape(v) for k, v in values.items()}
             except Exception:
                 error_log.error("Error rendering the error page %r", page, exc_info=True)
         return error_page_html(status, message, tb, _VERSION)
 
 
 _REQUEST_NAMESPACES = frozenset(("tools", "request", "response", "error_page"))
+
+
+def _redirect_allowed(request: Request, target: str, offsite: bool | None) -> bool:
+    """Whether a redirect to the absolute URL ``target`` may be answered.
+
+    ``offsite=True``: any target. Otherwise a target is on-site when it is http(s) and
+    its host is listed in ``request.allowed_hosts`` or, with no list, is the host the
+    request was sent to. ``offsite=None`` (the default) checks only when
+    ``request.allowed_hosts`` is set, so existing apps redirect as before;
+    ``offsite=False`` always checks.
+    """
+    if offsite:
+        return True
+    allowed = request.allowed_hosts
+    if offsite is None and not allowed:
+        return True
+    try:
+        parts = urllib.parse.urlsplit(target)
+        host = parts.hostname
+    except ValueError:
+        return False
+    if parts.scheme.lower() not in ("http", "https") or not host:
+        return False
+    if ":" in host:
+        host = f"[{host}]"  # urlsplit drops the brackets of an IPv6 literal
+    if allowed:
+        return host_allowed(host, allowed)
+    own = split_host(request.host)
+    return own is not None and host.lower().removesuffix(".") == own[0]
 
 
 def _check_time(response: Response) -> None:

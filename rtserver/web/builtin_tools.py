@@ -14,9 +14,10 @@ from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from ..config import _DOC_SECTIONS
-from ..errors import HTTPError, HTTPRedirect
+from ..errors import ConfigError, HTTPError, HTTPRedirect
 from .context import current_request, current_response
 from .dispatch import call_handler
+from .httputil import AddressSet, address_set, parse_address
 from .static import staticdir, staticfile
 from .tools import HandlerTool, Tool, Toolbox
 
@@ -234,17 +235,26 @@ def proxy(
     """Behind a reverse proxy: take scheme, host and client address from its headers.
 
     Only turn this on behind a proxy you control: the headers are believed as sent.
+    The client address is read from the right of X-Forwarded-For: a proxy appends the
+    address it saw, so the entries on the left are whatever the client wrote. With
+    ``trusted`` unset the last entry (added by the proxy in front of us) is the client;
+    with ``trusted`` listing every proxy of the chain, the rightmost entry that is not
+    one of them is. A forwarded host goes through ``request.allowed_hosts`` (400).
 
     Args:
         base: a fixed ``scheme://host`` to use instead of the forwarded host.
         local: the header carrying the original Host.
-        remote: the header carrying the client address (its first entry is used).
+        remote: the header carrying the client address, read from the right: its last entry that is
+            not a trusted proxy (a client writes what it likes on the left).
         scheme: the header carrying the original scheme (http or https).
-        trusted: proxy addresses whose headers are believed (None: any peer).
+        trusted: addresses or networks ('10.0.0.0/8'; 'unix' for a Unix socket peer) of the proxies
+            whose headers are believed and whose X-Forwarded-For entries are skipped; None: any peer,
+            and only the last entry is taken.
     """
     request = current_request()
     env = request.wsgi_environ
-    if trusted is not None and env.get("REMOTE_ADDR") not in trusted:
+    proxies = address_set(trusted) if trusted is not None else None
+    if proxies is not None and env.get("REMOTE_ADDR") not in proxies:
         return
     headers = request.headers
     proto = headers.get(scheme) if scheme else None
@@ -254,14 +264,49 @@ def proxy(
             env["wsgi.url_scheme"] = request.scheme = proto
     if base:
         env["HTTP_HOST"] = base.split("://", 1)[-1]
+        request.check_host()
     elif local:
         host = headers.get(local)
         if host:
             env["HTTP_HOST"] = host.split(",")[0].strip()
+            request.check_host()
     if remote:
         forwarded = headers.get(remote)
         if forwarded:
-            env["REMOTE_ADDR"] = forwarded.split(",")[0].strip()
+            client = _forwarded_client(forwarded.split(","), proxies)
+            if client is not None:
+                env["REMOTE_ADDR"] = client
+
+
+def _forwarded_client(entries: Sequence[str], proxies: AddressSet | None) -> str | None:
+    """The client address of X-Forwarded-For ``entries``: from the right, the first
+    one that is not a trusted proxy (the last one when every peer is trusted).
+
+    None when that entry is not an IP address (the header is garbage there: keep the
+    peer's address). When every entry is a trusted proxy, the leftmost one is taken.
+    """
+    chosen: str | None = None
+    for entry in reversed(entries):
+        addr = parse_address(entry)
+        if addr is None:
+            return None
+        chosen = str(addr)
+        if proxies is None or addr not in proxies:
+            return chosen
+    return chosen
+
+
+class _ProxyTool(Tool):
+    """``tools.proxy``, whose ``trusted`` list is checked at start-up."""
+
+    def check_args(self, args: dict[str, Any], where: str = "") -> None:
+        super().check_args(args, where)
+        trusted = args.get("trusted")
+        if trusted is not None:
+            try:
+                address_set(trusted)
+            except (TypeError, ValueError) as exc:
+                raise ConfigError(f"{where}tools.proxy.trusted = {trusted!r}: {exc}") from None
 
 
 tools = Toolbox()
@@ -273,6 +318,6 @@ tools.json_out = Tool("before_handler", json_out, priority=30)
 tools.gzip = Tool("before_finalize", gzip, priority=90)
 tools.allow = Tool("on_start_resource", allow)
 tools.response_headers = Tool("on_start_resource", response_headers)
-tools.proxy = Tool("before_request_body", proxy, priority=30)
+tools.proxy = _ProxyTool("before_request_body", proxy, priority=30)
 tools.staticdir = HandlerTool(staticdir)
 tools.staticfile = HandlerTool(staticfile)

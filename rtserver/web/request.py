@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import http.cookies
+import logging
 import urllib.parse
 from typing import TYPE_CHECKING, Any
 
 from .. import errors
 from .body import RequestBody
-from .httputil import HeaderMap, Host
+from .httputil import HeaderMap, Host, cookie_jar, host_allowed, split_host
 
 if TYPE_CHECKING:
     from .app import Application
     from .hooks import HookMap
 
 __all__ = ["Request", "parse_query_string"]
+
+log = logging.getLogger("rtserver.error")
 
 
 def parse_query_string(query_string: str, encoding: str = "utf-8") -> dict[str, Any]:
@@ -62,6 +65,8 @@ class Request:
     process_request_body = True
     methods_with_bodies = ("POST", "PUT", "PATCH", "DELETE")
     throw_errors = False
+    #: Host names this path answers (``request.allowed_hosts``); empty: any.
+    allowed_hosts: tuple[str, ...] | list[str] = ()
 
     def __init__(self, environ: dict[str, Any], app: Application | None = None) -> None:
         self.wsgi_environ = environ
@@ -114,16 +119,10 @@ class Request:
 
     @property
     def cookie(self) -> http.cookies.SimpleCookie:
-        """The request cookies (a ``SimpleCookie``); malformed cookie headers are ignored."""
+        """The request cookies (a ``SimpleCookie``): every well-formed cookie of the
+        header, even when others in it are malformed (:func:`~.httputil.parse_cookie`)."""
         if self._cookie is None:
-            cookie: http.cookies.SimpleCookie = http.cookies.SimpleCookie()
-            raw = self.wsgi_environ.get("HTTP_COOKIE")
-            if raw:
-                try:
-                    cookie.load(raw)
-                except http.cookies.CookieError:
-                    cookie = http.cookies.SimpleCookie()
-            self._cookie = cookie
+            self._cookie = cookie_jar(self.wsgi_environ.get("HTTP_COOKIE") or "")
         return self._cookie
 
     @property
@@ -155,8 +154,9 @@ class Request:
         )
 
     @property
-    def base(self) -> str:
-        """``scheme://host[:port]`` as the client addressed us."""
+    def host(self) -> str:
+        """``host[:port]`` as the client addressed us: the Host header, or the
+        server's name and port for an HTTP/1.0 request without one."""
         env = self.wsgi_environ
         host = env.get("HTTP_HOST")
         if not host:
@@ -164,7 +164,30 @@ class Request:
             port = str(env.get("SERVER_PORT", ""))
             if port and port not in ("80", "443"):
                 host = f"{host}:{port}"
-        return f"{self.scheme}://{host}"
+        return str(host)
+
+    @property
+    def base(self) -> str:
+        """``scheme://host[:port]`` as the client addressed us."""
+        return f"{self.scheme}://{self.host}"
+
+    def check_host(self) -> None:
+        """HTTPError 400 unless :attr:`host` is one of ``request.allowed_hosts``.
+
+        Run before the first hook and again by ``tools.proxy`` when it takes the host
+        from X-Forwarded-Host, so no URL (``rtserver.url()``, a redirect's Location)
+        is ever built from a Host that is not listed. Empty ``allowed_hosts``: any host.
+        """
+        allowed = self.allowed_hosts
+        if not allowed:
+            return
+        host = self.host
+        parts = split_host(host)
+        if parts is not None and host_allowed(parts[0], allowed):
+            return
+        shown = host if len(host) <= 100 else host[:100] + "..."
+        log.warning("Refused %s for host %r: not in request.allowed_hosts", self.request_line[:200], shown)
+        raise errors.HTTPError(400, f"Invalid Host header {shown!r}: this server does not answer for that host.")
 
     @property
     def request_line(self) -> str:

@@ -2,9 +2,15 @@
 
 ``tools.sessions.storage_class = 'redis'`` and ``tools.sessions.url = 'redis://host:6379/0'``.
 Values are JSON text under ``rtserver:session:ID``; Redis expires them itself (a TTL set
-at every save), so the sweeper has nothing to do. Requests of one session are
-serialised across processes by a redis-py ``Lock`` (``rtserver:session:lock:ID``),
-which expires after :attr:`RedisSession.lock_expiry` seconds even if its holder died.
+at every save). Requests of one session are serialised across processes by a redis-py
+``Lock`` (``rtserver:session:lock:ID``), which expires after
+:attr:`RedisSession.lock_expiry` seconds even if its holder died.
+
+``tools.sessions.max_sessions`` holds for every process sharing the database: the ids
+and expiry times of the sessions are kept in the sorted set ``rtserver:session:index``
+(written with each save, in the same round trip), whose expired entries are trimmed
+when a new session asks for room and by the sweeper. As with the other stores, a
+session is stored only once a value is written to it.
 
 ``redis`` is imported only when this store is used: rtserver runs without the
 ``redis`` extra (``pip install 'rtserver[redis]'``).
@@ -46,6 +52,7 @@ class RedisSession(SessionStore):
         super().__init__(storage_path, url or self.default_url, **options)
         self._lock_error = redis.exceptions.LockError
         self.client = redis.Redis.from_url(url or self.default_url)
+        self._index = self.prefix + "index"  # not an id (40 hex digits): no clash
 
     def _key(self, sid: str) -> str:
         return self.prefix + sid
@@ -61,10 +68,29 @@ class RedisSession(SessionStore):
 
     def save(self, id: str, data: dict[str, Any], expires: float) -> None:
         ttl_ms = max(1, int((expires - time.time()) * 1000))
-        self.client.set(self._key(id), self.encode(data), px=ttl_ms)
+        text = self.encode(data)
+        if not self.max_sessions:
+            self.client.set(self._key(id), text, px=ttl_ms)
+            return
+        pipe = self.client.pipeline(transaction=False)
+        pipe.set(self._key(id), text, px=ttl_ms)
+        pipe.zadd(self._index, {id: expires})
+        pipe.execute()
 
     def delete(self, id: str) -> None:
-        self.client.delete(self._key(id))
+        pipe = self.client.pipeline(transaction=False)
+        pipe.delete(self._key(id))
+        pipe.zrem(self._index, id)
+        pipe.execute()
+
+    def count(self) -> int | None:
+        """The live sessions of the index (its expired entries trimmed first)."""
+        if not self.max_sessions:
+            return None
+        pipe = self.client.pipeline(transaction=False)
+        pipe.zremrangebyscore(self._index, "-inf", time.time())
+        pipe.zcard(self._index)
+        return int(pipe.execute()[1])
 
     def exists(self, id: str) -> bool:
         return bool(self.client.exists(self._key(id)))
@@ -106,7 +132,8 @@ class RedisSession(SessionStore):
             self._locks.release(id)
 
     def clean_up(self) -> None:
-        """Nothing to do: Redis drops expired sessions by their TTL."""
+        """Trim the index: Redis itself drops expired sessions by their TTL."""
+        self.client.zremrangebyscore(self._index, "-inf", time.time())
 
     def close(self) -> None:
         self.client.close()

@@ -18,6 +18,16 @@ are stored as JSON, never pickled. What one request writes is saved at
 ``before_finalize``, also for an HTTPError or a redirect (as in CherryPy); an
 unexpected exception (500) saves nothing.
 
+Nothing is stored for a visitor until a value is written: a new session that a page
+only reads (``session.get('user')``) is neither stored nor sent as a cookie, so
+cookieless requests (crawlers, floods) cost no memory. A page that sets a value
+(a login, a CSRF token for a form) stores the session and sends its cookie; a stored
+session is saved again on every request that uses it, which renews its expiry. Each
+store holds at most ``tools.sessions.max_sessions`` sessions (100,000): when it is
+full, *new* sessions are refused (the request is answered 503 with Retry-After and an
+error is logged) while stored sessions keep working, until expired ones are swept.
+Refusing rather than evicting means a flood of new sessions never logs anyone out.
+
 Stores: :class:`RamSession` (default, one process), :class:`FileSession`
 (``storage_path``; processes on one host) and ``RedisSession``
 (:mod:`rtserver.web.session_redis`; processes on many hosts). A custom store subclasses
@@ -49,7 +59,7 @@ from collections.abc import Callable, Iterator, MutableMapping
 from typing import TYPE_CHECKING, Any
 
 from ..bus.plugins import Monitor
-from ..errors import ConfigError, HTTPError, SessionLockTimeout
+from ..errors import ConfigError, HTTPError, RTServerError, SessionLockTimeout
 from .builtin_tools import tools
 from .context import Proxy, current_request, current_response
 from .tools import Tool
@@ -69,6 +79,7 @@ __all__ = [
     "RamSession",
     "Session",
     "SessionStore",
+    "SessionStoreFull",
     "SessionSweeper",
     "SessionTool",
     "current_session",
@@ -88,6 +99,25 @@ _LOCKING = ("implicit", "early", "explicit")
 _SAMESITE = {"strict": "Strict", "lax": "Lax", "none": "None"}
 # Characters that would end or split a Set-Cookie attribute (RFC 6265bis §4.1.1).
 _BAD_ATTR = re.compile(r"[;\x00-\x1f\x7f]")
+
+
+#: The default of ``tools.sessions.max_sessions``: with a few hundred bytes per session
+#: (an id, a user name, a CSRF token) 100,000 sessions are tens of MB in the RAM store,
+#: while a site that really has more visitors an hour raises it.
+MAX_SESSIONS = 100_000
+
+
+class SessionStoreFull(RTServerError):
+    """A new session cannot be stored: the store holds ``max_sessions`` already.
+
+    In a page request this is answered 503 (with Retry-After); a socket handler's
+    ``session.save()`` raises it.
+    """
+
+
+# The "lock" of a session no store holds: nobody else can know its id, so none is
+# taken (no lock file, no Redis key for every cookieless request).
+_UNSTORED = object()
 
 
 def generate_id() -> str:
@@ -179,6 +209,8 @@ class SessionStore:
     and, when the defaults do not fit:
 
     * ``exists(id)`` -> whether a live session has this id (default: ``load``);
+    * ``count()`` -> how many sessions are stored (default None: unknown, so
+      ``max_sessions`` is not enforced);
     * ``acquire_lock(id, timeout)`` -> a handle; raise :class:`SessionLockTimeout` when
       the lock is not free within ``timeout`` seconds (default: a lock in this process);
     * ``release_lock(id, handle)``;
@@ -192,12 +224,16 @@ class SessionStore:
     #: Seconds after which a lock whose request never ended is taken over by a waiter;
     #: a request is cut off by ``response.timeout`` (300 s) before that.
     lock_expiry = 300.0
+    #: The most sessions this store holds (``tools.sessions.max_sessions``); 0: no cap.
+    #: Set by the tool when it creates the store.
+    max_sessions = 0
 
     def __init__(self, storage_path: str | None = None, url: str | None = None, **options: Any) -> None:
         self.storage_path = storage_path
         self.url = url
         self.options = options
         self._locks = _LocalLocks(self.lock_expiry)
+        self._full_logged = 0.0
 
     @staticmethod
     def encode(data: dict[str, Any]) -> str:
@@ -234,6 +270,33 @@ class SessionStore:
         """Whether a live (stored, unexpired) session has this id."""
         return self.load(id) is not None
 
+    def count(self) -> int | None:
+        """How many sessions the store holds (None: it cannot tell cheaply)."""
+        return None
+
+    def has_room(self) -> bool:
+        """Whether one more session may be stored (``count() < max_sessions``).
+
+        Asked before a session is stored for the first time; sessions already stored
+        are always saved. Logs an error (at most once a minute) when the store is full.
+        """
+        if not self.max_sessions:
+            return True
+        n = self.count()
+        if n is None or n < self.max_sessions:
+            return True
+        now = time.monotonic()
+        if now - self._full_logged >= 60 or not self._full_logged:
+            self._full_logged = now
+            log.error(
+                "session store %s is full (%d sessions, tools.sessions.max_sessions = %d): new sessions are "
+                "refused with 503 until expired ones are swept; stored sessions keep working",
+                type(self).__name__,
+                n,
+                self.max_sessions,
+            )
+        return False
+
     def acquire_lock(self, id: str, timeout: float) -> Any:
         """Lock session ``id``; SessionLockTimeout after ``timeout`` seconds."""
         if not self._locks.acquire(id, timeout):
@@ -261,6 +324,7 @@ class RamSession(SessionStore):
     def __init__(self, storage_path: str | None = None, url: str | None = None, **options: Any) -> None:
         super().__init__(storage_path, url, **options)
         self._cache: dict[str, tuple[str, float]] = {}
+        self._last_purge = 0.0
 
     def load(self, id: str) -> dict[str, Any] | None:
         item = self._cache.get(id)
@@ -283,6 +347,20 @@ class RamSession(SessionStore):
         for sid, (_text, expires) in list(self._cache.items()):
             if expires <= now:
                 self._cache.pop(sid, None)
+
+    def count(self) -> int:
+        return len(self._cache)
+
+    def has_room(self) -> bool:
+        if not self.max_sessions or len(self._cache) < self.max_sessions:
+            return True
+        # Full: drop the expired sessions now rather than at the next sweep (a pass over
+        # memory, at most once a second however many requests find the store full).
+        now = time.monotonic()
+        if now - self._last_purge >= 1.0:
+            self._last_purge = now
+            self.clean_up()
+        return super().has_room()
 
     def __len__(self) -> int:
         return len(self._cache)
@@ -312,6 +390,13 @@ class FileSession(SessionStore):
         os.makedirs(storage_path, mode=0o700, exist_ok=True)
         super().__init__(storage_path, url, **options)
         self.directory = storage_path
+        # The number of session files, counted once here, kept as this process saves
+        # and deletes, and recounted by every sweep (other processes share the
+        # directory): a count that may lag by one sweep, never a listing per request.
+        self._count = sum(1 for name in os.listdir(storage_path) if self._session_name(name))
+
+    def _session_name(self, name: str) -> bool:
+        return name.startswith(self.PREFIX) and valid_id(name[len(self.PREFIX) :])
 
     def _path(self, sid: str, suffix: str = "") -> str:
         if not valid_id(sid):
@@ -346,6 +431,7 @@ class FileSession(SessionStore):
     def save(self, id: str, data: dict[str, Any], expires: float) -> None:
         path = self._path(id)
         text = self.encode({"expires": expires, "data": data})
+        new = not os.path.exists(path)
         tmp = f"{path}.{secrets.token_hex(4)}.tmp"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
@@ -356,10 +442,18 @@ class FileSession(SessionStore):
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
             raise
+        if new:
+            self._count += 1
 
     def delete(self, id: str) -> None:
-        with contextlib.suppress(FileNotFoundError):
+        try:
             os.unlink(self._path(id))
+        except FileNotFoundError:
+            return
+        self._count = max(0, self._count - 1)
+
+    def count(self) -> int:
+        return self._count
 
     def acquire_lock(self, id: str, timeout: float) -> Any:
         deadline = time.monotonic() + timeout
@@ -421,6 +515,7 @@ class FileSession(SessionStore):
         except FileNotFoundError:
             return
         present = set(names)
+        remaining = 0
         for name in names:
             if not name.startswith(self.PREFIX):
                 continue
@@ -432,27 +527,31 @@ class FileSession(SessionStore):
             sid = name[len(self.PREFIX) :]
             if not valid_id(sid):
                 continue
+            remaining += 1
             item = self._read(os.path.join(self.directory, name))
-            if item is None or item[1] <= now:
-                self._remove(sid, data=True)
+            if (item is None or item[1] <= now) and self._remove(sid, data=True):
+                remaining -= 1
+        self._count = remaining
 
-    def _remove(self, sid: str, data: bool) -> None:
-        """Delete an expired session and its lock file, unless a request holds it."""
+    def _remove(self, sid: str, data: bool) -> bool:
+        """Delete an expired session and its lock file, unless a request holds it;
+        True when the session file is gone."""
         if not self._locks.acquire(sid, 0):
-            return
+            return False
         try:
             lock_path = self._path(sid, self.LOCK_SUFFIX)
             fd = self._flock(lock_path, time.monotonic())
             if fd is None:
-                return
+                return False
             try:
                 item = self._read(self._path(sid)) if data else None
                 if data and item is not None and item[1] > time.time():
-                    return  # saved again since we looked
+                    return False  # saved again since we looked
                 if data:
                     self.delete(sid)
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(lock_path)
+                return True
             finally:
                 os.close(fd)
         finally:
@@ -564,10 +663,20 @@ def sweeper() -> SessionSweeper:
     return _sweeper
 
 
-def _get_store(storage_class: Any, storage_path: str | None, url: str | None, clean_freq: float) -> SessionStore:
+def _get_store(
+    storage_class: Any, storage_path: str | None, url: str | None, clean_freq: float, max_sessions: int = MAX_SESSIONS
+) -> SessionStore:
     cls = _store_class(storage_class)
     key = (cls, os.path.abspath(storage_path) if storage_path else None, url)
-    return sweeper().store_for(key, lambda: cls(storage_path=storage_path, url=url), clean_freq)
+
+    def factory() -> SessionStore:
+        store = cls(storage_path=storage_path, url=url)
+        # One store serves every path configured with it: the cap is the one in force
+        # where it was first used (set it in [/] or [global] to make that obvious).
+        store.max_sessions = max_sessions
+        return store
+
+    return sweeper().store_for(key, factory, clean_freq)
 
 
 # ---------------------------------------------------------------------------
@@ -578,8 +687,12 @@ class Session(MutableMapping[str, Any]):
     """One session: a dict of JSON-serialisable values, loaded on first access.
 
     ``id``, ``timeout`` (minutes), ``loaded``, ``missing`` (the client's id was unknown),
-    ``regenerated``, ``is_locked``; :meth:`regenerate`, :meth:`save`, :meth:`delete`,
-    :meth:`acquire_lock`, :meth:`release_lock`, :meth:`locked`.
+    ``regenerated``, ``is_locked``, ``stored``; :meth:`regenerate`, :meth:`save`,
+    :meth:`delete`, :meth:`acquire_lock`, :meth:`release_lock`, :meth:`locked`.
+
+    ``stored`` tells whether the store holds the session (None: ask the store when it
+    matters). A session it does not hold is stored by :meth:`save` only once a value
+    has been written to it.
     """
 
     def __init__(
@@ -590,6 +703,7 @@ class Session(MutableMapping[str, Any]):
         timeout: float = 60,
         lock_timeout: float = 30,
         locking: str = "explicit",
+        stored: bool | None = None,
     ) -> None:
         if not valid_id(id):
             raise ValueError("invalid session id")
@@ -609,8 +723,18 @@ class Session(MutableMapping[str, Any]):
         self._http = False  # a lock timeout answers 503
         self._save_at_end = False
         self._lock_failed = False  # the 503 page must not wait for the lock again
-        self._on_new_id: Callable[[str], None] | None = None
+        self._stored = stored
+        self._announced = False  # the cookie of a not yet stored session went out
+        self._on_new_id: Callable[[str], None] | None = None  # sends the cookie
         self._hookmap: Any = None
+
+    @property
+    def stored(self) -> bool:
+        """Whether the store holds this session (or it takes a stored one's place after
+        :meth:`regenerate`); False for a new visitor's session until a value is saved."""
+        if self._stored is None:
+            self._stored = self.store.exists(self.id)
+        return self._stored
 
     # -- loading and saving --------------------------------------------------
 
@@ -629,17 +753,40 @@ class Session(MutableMapping[str, Any]):
     def save(self) -> None:
         """Write the data to the store, then release the lock.
 
+        A session the store does not hold yet is stored only when it holds a value
+        (reading a session never creates one) and the store has room
+        (``max_sessions``); when it is full, a page request is answered 503 and a
+        socket handler gets :class:`SessionStoreFull`. A stored session is always
+        saved, which renews its expiry.
+
         Without the lock, it is taken for the write only: last writer wins. For a
         read-modify-write from a socket handler, use ``with session.locked():``.
         """
         try:
             if not self.loaded or self._deleted or self._lock_failed:
                 return
+            first = not self.stored
+            if first:
+                if not self._data:
+                    return  # nothing written: nothing to store, no cookie to send
+                if not self.store.has_room():
+                    self._refuse_full()
             if not self._locked:
                 self.acquire_lock()
             self.store.save(self.id, self._data, time.time() + self.timeout * 60)
+            if first:
+                self._stored = True
+                if self._on_new_id is not None and not self._announced:
+                    self._on_new_id(self.id)
         finally:
             self.release_lock()
+
+    def _refuse_full(self) -> None:
+        if self._http:
+            with contextlib.suppress(RuntimeError):
+                current_response().headers["Retry-After"] = "60"
+            raise HTTPError(503, "The server cannot open a new session now; try again later.")
+        raise SessionStoreFull(f"the session store holds max_sessions={self.store.max_sessions} sessions")
 
     def delete(self) -> None:
         """Delete the session from the store and empty it (logout)."""
@@ -647,6 +794,7 @@ class Session(MutableMapping[str, Any]):
         self._data = {}
         self.loaded = True
         self._deleted = True
+        self._stored = False
 
     def regenerate(self) -> None:
         """Give the session a new id, keeping its data; the old id stops working.
@@ -657,18 +805,24 @@ class Session(MutableMapping[str, Any]):
         self._ensure_loaded()
         self._data.pop("_csrf_token", None)  # a new CSRF token with the new identity
         old, was_locked, old_handle = self.id, self._locked, self._handle
+        stored = self.stored
+        really_locked = was_locked and old_handle is not _UNSTORED
         new = generate_id()
-        if was_locked:
+        if really_locked:
             self._handle = self.store.acquire_lock(new, self.lock_timeout)
         self.id = new
         self.regenerated = True
         self._deleted = False
+        self._announced = False
         try:
-            self.store.delete(old)
+            if stored:
+                self.store.delete(old)
         finally:
-            if was_locked:
+            if really_locked:
                 self.store.release_lock(old, old_handle)
-        if self._on_new_id is not None:
+        # A stored session is saved under its new id whatever it holds: send the new
+        # cookie now. A new visitor's session gets its cookie when it is first stored.
+        if stored and self._on_new_id is not None:
             self._on_new_id(new)
 
     # -- locking -------------------------------------------------------------
@@ -685,6 +839,10 @@ class Session(MutableMapping[str, Any]):
         answered 503; elsewhere :class:`SessionLockTimeout` is raised.
         """
         if self._locked:
+            return
+        if not self.stored:
+            # No store holds this id and no client has it: nobody else can lock it.
+            self._handle, self._locked = _UNSTORED, True
             return
         try:
             self._handle = self.store.acquire_lock(self.id, self.lock_timeout)
@@ -708,6 +866,8 @@ class Session(MutableMapping[str, Any]):
         if not self._locked:
             return
         handle, self._handle, self._locked = self._handle, None, False
+        if handle is _UNSTORED:
+            return
         try:
             self.store.release_lock(self.id, handle)
         except Exception:
@@ -725,7 +885,8 @@ class Session(MutableMapping[str, Any]):
             return
         self.acquire_lock()
         try:
-            self._data = self.store.load(self.id) or {}
+            if self.stored:  # a session no store holds has only what is in memory
+                self._data = self.store.load(self.id) or {}
             self.loaded = True
             self._deleted = False
             yield self
@@ -780,9 +941,12 @@ def sessions(
     url: str | None = None,
     samesite: str = "Lax",
     lock_timeout: float = 30,
+    max_sessions: int = MAX_SESSIONS,
     debug: bool = False,
 ) -> None:
     """Server-side sessions: ``rtserver.session`` for this request, cookie ``name``.
+
+    A session is stored, and its cookie sent, once a value is written to it.
 
     Args:
         timeout: minutes a session lives after its last save.
@@ -799,11 +963,14 @@ def sessions(
         url: the Redis URL of the 'redis' store (default redis://127.0.0.1:6379/0).
         samesite: the cookie's SameSite attribute, 'Lax', 'Strict' or 'None' (which needs secure).
         lock_timeout: seconds a request waits for the session's lock before a 503.
+        max_sessions: most sessions the store holds (0: no cap); when full, new sessions are refused
+            with 503 (and an error logged) while stored ones keep working, so a flood never logs anyone
+            out. The cap where the store is first used applies.
         debug: log what the tool decides about ids.
     """
     request = current_request()
     response = current_response()
-    store = _get_store(storage_class, storage_path, url, clean_freq)
+    store = _get_store(storage_class, storage_path, url, clean_freq, max_sessions)
     cookie = _CookieSettings(name, path, domain, secure, httponly, persistent, timeout, samesite)
     sess = _start_session(request, response, store, cookie, timeout, lock_timeout, locking, debug)
     if locking == "early":
@@ -885,7 +1052,9 @@ def _start_session(
             sid = sent
         elif debug:
             log.debug("unknown or expired session %s: a new session", _short(sent))
-    sess = Session(store, sid or generate_id(), timeout=timeout, lock_timeout=lock_timeout, locking=locking)
+    sess = Session(
+        store, sid or generate_id(), timeout=timeout, lock_timeout=lock_timeout, locking=locking, stored=sid is not None
+    )
     sess.missing = sent is not None and sid is None
     sess._http = True
     if response is not None:
@@ -894,7 +1063,10 @@ def _start_session(
             cookie.set(request, response, new)
 
         sess._on_new_id = on_new_id
-        cookie.set(request, response, sess.id)
+        if sid is not None:
+            # A stored session: renew the cookie's Max-Age with the session's expiry.
+            # A new one gets its cookie when it is first stored (Session.save).
+            cookie.set(request, response, sid)
     request.session = sess  # type: ignore[attr-defined]
     request._session_cookie = cookie  # type: ignore[attr-defined]
     _attach_end_hooks(request, sess)
@@ -919,6 +1091,10 @@ def _save_session() -> None:
         return
     if current_response().stream:
         sess._save_at_end = True
+        if not sess.stored and sess._data and sess._on_new_id is not None:
+            # Stored at the end of the stream: its cookie must go out with the headers.
+            sess._on_new_id(sess.id)
+            sess._announced = True
         return
     sess.save()
 
@@ -933,7 +1109,12 @@ def _end_session(session: Session) -> None:
     """on_end_request (failsafe): save a streamed response's session; release the lock."""
     if session._save_at_end and not session._detached:
         session._save_at_end = False
-        session.save()
+        if session.stored or session._announced:
+            session.save()
+        elif session._data:
+            # Written while the response streamed, after its headers (and so the
+            # cookie) went out: nobody could find it again, so it is not stored.
+            log.warning("a new session written during a streamed response is not stored: its cookie was not sent")
     session.release_lock()
 
 
@@ -964,6 +1145,9 @@ def _check(args: dict[str, Any], where: str) -> None:
     samesite = values["samesite"]
     if not isinstance(samesite, str) or samesite.lower() not in _SAMESITE:
         fail("samesite", "must be 'Lax', 'Strict' or 'None'")
+    max_sessions = values["max_sessions"]
+    if isinstance(max_sessions, bool) or not isinstance(max_sessions, int) or max_sessions < 0:
+        fail("max_sessions", "must be a whole number of sessions (0: no cap)")
     if samesite.lower() == "none" and values["secure"] is not True:
         # RFC 6265bis storage model: browsers ignore a SameSite=None cookie without Secure.
         fail("samesite", "SameSite=None requires tools.sessions.secure = True")
@@ -1038,7 +1222,9 @@ def load_session_for_handshake(request: Request) -> Session:
     every page of the user). When the session tool already ran for this request, its
     session is saved and handed over. Write with ``session.save()`` (last writer wins)
     or ``with session.locked(): ...`` (reload, change, save under the lock); either way
-    the next page request of the user sees the change.
+    the next page request of the user sees the change. For a visitor without a stored
+    session the 101 response carries the new session's cookie (nothing is stored until
+    the socket writes), so that what the socket writes is the user's session too.
     """
     sess = getattr(request, "session", None)
     if not isinstance(sess, Session):
@@ -1048,7 +1234,9 @@ def load_session_for_handshake(request: Request) -> Session:
             response: Response | None = current_response()
         except RuntimeError:
             response = None
-        store = _get_store(args["storage_class"], args["storage_path"], args["url"], args["clean_freq"])
+        store = _get_store(
+            args["storage_class"], args["storage_path"], args["url"], args["clean_freq"], args["max_sessions"]
+        )
         cookie = _CookieSettings(
             args["name"],
             args["path"],
@@ -1065,10 +1253,14 @@ def load_session_for_handshake(request: Request) -> Session:
     if sess.is_locked or sess.loaded:
         sess.save()
     sess._detached = True
+    stored = sess.stored
+    if not stored and sess._on_new_id is not None and not sess._announced:
+        sess._on_new_id(sess.id)
+        sess._announced = True
     socket_session = Session(
-        sess.store, sess.id, timeout=sess.timeout, lock_timeout=sess.lock_timeout, locking="explicit"
+        sess.store, sess.id, timeout=sess.timeout, lock_timeout=sess.lock_timeout, locking="explicit", stored=stored
     )
-    socket_session._data = sess.store.load(sess.id) or {}
+    socket_session._data = (sess.store.load(sess.id) or {}) if stored else {}
     socket_session.loaded = True
     socket_session.missing = sess.missing
     return socket_session

@@ -6,6 +6,11 @@ absolute paths, and check the *real* path (symlinks resolved) lies under the rea
 CherryPy 18 only compared string prefixes, so ``/static/../static-secret/`` and symlinks
 escaped; we compare path components. Conditional requests (ETag, Last-Modified, 304)
 and single byte ranges (206, 416) follow RFC 9110 §13 and §14.
+
+Dotfiles (``.env``, ``.git/config``, ``.htpasswd``) are not served by ``staticdir``:
+a path with a segment starting with ``.`` is answered 404, as if it were not there,
+unless ``tools.staticdir.dotfiles`` is True. ``.well-known`` (RFC 8615: ACME
+challenges, security.txt) is served all the same.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from ..errors import HTTPError
 from .context import current_request, current_response
 from .httputil import http_date, parse_http_date
 
-__all__ = ["resolve_under", "serve_file", "staticdir", "staticfile"]
+__all__ = ["has_dotfile", "resolve_under", "serve_file", "staticdir", "staticfile"]
 
 _CHUNK = 64 * 1024
 _RANGE_RE = re.compile(r"bytes=(\d*)-(\d*)\Z")
@@ -43,6 +48,15 @@ def resolve_under(root: str, relative: str) -> str | None:
     return candidate
 
 
+#: Dot-directories meant to be served (RFC 8615 well-known URIs).
+_PUBLIC_DOT_SEGMENTS = frozenset((".well-known",))
+
+
+def has_dotfile(relative: str) -> bool:
+    """Whether a segment of ``relative`` starts with ``.`` (``.well-known`` aside)."""
+    return any(p.startswith(".") and p not in _PUBLIC_DOT_SEGMENTS for p in relative.replace("\\", "/").split("/") if p)
+
+
 def _abs_dir(directory: str, root: str | None) -> str:
     if os.path.isabs(directory):
         return directory
@@ -58,6 +72,7 @@ def staticdir(
     match: str = "",
     content_types: dict[str, str] | None = None,
     index: str = "",
+    dotfiles: bool = False,
 ) -> bool:
     """Serve the files under a directory for a URL section (``[/static]``).
 
@@ -68,6 +83,7 @@ def staticdir(
         match: a regular expression the path must match to be served.
         content_types: ``{extension: media type}`` overriding the guessed types.
         index: the file served for a directory (e.g. ``index.html``).
+        dotfiles: serve paths with a segment starting with '.' (.env, .git/); off: 404 (.well-known is always served).
     """
     request = current_request()
     if request.method not in ("GET", "HEAD"):
@@ -80,6 +96,9 @@ def staticdir(
     if section and not (path == section or path.startswith(section + "/")):
         return False
     relative = path[len(section) :]
+    if not dotfiles and has_dotfile(relative):
+        # Secrets live in dotfiles (.env, .git/config): never publish one by accident.
+        raise HTTPError(404)
     target = resolve_under(directory, relative)
     if target is None:
         raise HTTPError(404)

@@ -31,6 +31,8 @@ __all__ = ["GUID", "Handshake", "accept_key", "negotiate", "negotiate_environ"]
 GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
 _DEFAULT_PORTS = {"http": "80", "ws": "80", "https": "443", "wss": "443"}
+# The scheme of the page a socket on this scheme belongs to (its Origin's scheme).
+_PAGE_SCHEMES = {"ws": "http", "wss": "https"}
 
 HeadersLike = Mapping[str, str] | Iterable[tuple[str, str]]
 
@@ -200,6 +202,9 @@ def _host_port(netloc: str, scheme: str) -> str:
 
 
 def _check_origin(hdrs: Headers, host: str, options: WebSocketOptions, scheme: str) -> str | None:
+    """The Origin if it is this page's own (same scheme, host and port) or listed in
+    ``allowed_origins``; HandshakeError 403 otherwise. Behind a TLS-terminating proxy
+    turn ``tools.proxy`` on, so that ``scheme`` is the https the browser used."""
     origins = hdrs.get_all("Origin")
     if not origins:
         # Not a browser (RFC 6455 §10.2): origin checks protect browsers' users only.
@@ -216,8 +221,14 @@ def _check_origin(hdrs: Headers, host: str, options: WebSocketOptions, scheme: s
         if origin in allowed:
             return origin
         raise HandshakeError(403, "origin not allowed")
-    origin_hp = _host_port(parsed.netloc, parsed.scheme.lower())
-    if origin_hp == _host_port(host, scheme):
+    origin_scheme = parsed.scheme.lower()
+    origin_hp = _host_port(parsed.netloc, origin_scheme)
+    # Same origin (RFC 6454 §5): scheme, host and port. The scheme counts: a page on
+    # http://host (where a network attacker may inject script) must not open the
+    # wss://host endpoint with the user's cookies. An https page's origin is
+    # https://host (443 implied), a ws(s) request's page scheme is http(s).
+    page_scheme = _PAGE_SCHEMES.get(scheme.lower(), scheme.lower())
+    if origin_scheme == page_scheme and origin_hp == _host_port(host, page_scheme):
         return origin
     for entry in allowed:
         if "://" in entry:

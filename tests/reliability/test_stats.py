@@ -40,7 +40,8 @@ class Root:
         return "late"
 
 
-CONFIG = {"/stats": {"tools.stats.on": True}, "/slow": {"response.timeout": 0.1}}
+# sample_interval 0: every read scans, so the figures below are those of the moment.
+CONFIG = {"/stats": {"tools.stats.on": True, "tools.stats.sample_interval": 0}, "/slow": {"response.timeout": 0.1}}
 GLOBAL = {"engine.timeout_monitor.frequency": 0.05}
 
 

@@ -230,7 +230,9 @@ def test_proxy_tool_only_when_on():
     fwd = {"X-Forwarded-Proto": "https", "X-Forwarded-Host": "example.org", "X-Forwarded-For": "203.0.113.9, 10.0.0.1"}
     with serve(Api()) as s:
         assert s.get("/where", headers=fwd)[2] == f"http {s.url} 127.0.0.1".encode()
-    with serve(Api(), {"/": {"tools.proxy.on": True, "tools.secureheaders.on": True}}) as s:
+    # 10.0.0.1 is a proxy of the chain: list it, or its own address is the client's.
+    proxies = {"tools.proxy.trusted": ["127.0.0.1", "10.0.0.0/8"]}
+    with serve(Api(), {"/": {"tools.proxy.on": True, "tools.secureheaders.on": True, **proxies}}) as s:
         status, headers, body = s.get("/where", headers=fwd)
         assert body == b"https https://example.org 203.0.113.9"
         assert headers["Strict-Transport-Security"] == "max-age=31536000"
