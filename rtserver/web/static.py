@@ -218,6 +218,17 @@ def _if_range_ok(if_range: str | None, etag: str, mtime: float) -> bool:
     return date is not None and int(mtime) <= date
 
 
+#: Digits of the largest position read exactly; longer numbers are past any file, and
+#: int() of more than 4,300 digits would raise (CPython's limit) rather than answer.
+_MAX_POSITION_DIGITS = 19
+
+
+def _position(digits: str) -> int:
+    """A byte position from a Range header: beyond 19 digits, past the end of any file."""
+    digits = digits.lstrip("0") or "0"
+    return 2**63 if len(digits) > _MAX_POSITION_DIGITS else int(digits)
+
+
 def _parse_range(value: str, size: int) -> tuple[int, int] | None:
     """One ``bytes=a-b`` range → (start, end) inclusive, or None when unsatisfiable.
 
@@ -233,12 +244,12 @@ def _parse_range(value: str, size: int) -> tuple[int, int] | None:
     if not first and not last:
         return (0, size - 1)
     if not first:
-        n = int(last)
+        n = _position(last)
         if n == 0 or size == 0:
             return None
         return (max(0, size - n), size - 1)
-    start = int(first)
-    end = int(last) if last else size - 1
+    start = _position(first)
+    end = _position(last) if last else size - 1
     if start >= size or end < start:
         return None
     return (start, min(end, size - 1))
