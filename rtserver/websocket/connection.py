@@ -20,7 +20,10 @@
   ``close_timeout``, as is one whose connection was failed (§7.1.7), whose close
   frame would be discarded anyway;
 * a queue over ``send_queue_size`` marks a slow consumer, closed with
-  ``slow_consumer_close_code``.
+  ``slow_consumer_close_code``; the protocol's own replies (pongs) count too: a
+  read is never larger than the room left in the queue, and a full queue stops
+  reading (backpressure) until it drains, or for ``close_timeout`` before the slow
+  consumer is closed.
 
 Decision: the architecture prefers the library unless our own core is clearly
 faster. websockets' core is Autobahn-clean, masks in C and ships permessage-deflate;
@@ -341,12 +344,31 @@ class _Connection:
         proto = self.proto
         writes = proto.data_to_send()
         if writes:
+            if self.out_closed:
+                writes = self._closing_replies(writes)
             self.write_all(writes)
         if proto.state is not OPEN:
             # Data may be sent until the close frame is on its way (RFC 6455 §5.5.1).
             self.out_closed = True
             if self.close_deadline is None:
                 self.close_deadline = time.monotonic() + self.options.close_timeout
+
+    def _closing_replies(self, writes: list[Any]) -> list[Any]:
+        """What to queue of the protocol's output after our close frame: its pongs
+        (websockets still answers pings while CLOSING) while the queue has room, and
+        the EOF. Past ``send_queue_size`` a pong is dropped: the connection ends
+        within ``close_timeout`` anyway, and a peer flooding pings at a slow-consumer
+        close must not grow the queue it was closed for.
+        """
+        room = self.options.send_queue_size - self.out_bytes
+        kept = []
+        for item in writes:
+            if item is SEND_EOF:
+                kept.append(item)
+            elif len(item) <= room:
+                kept.append(item)
+                room -= len(item)
+        return kept
 
     def _half_close(self) -> None:
         # RFC 6455 §7.1.1: the server closes the TCP connection first.
@@ -423,6 +445,42 @@ class _Connection:
                 return True
         self.slow_consumer()
         return False
+
+    def await_room(self) -> None:
+        """Stop reading until the send queue is back under ``send_queue_size``.
+
+        The reader calls this when its queue is full. Not reading is what bounds
+        the replies the protocol makes by itself (a pong for every ping, queued
+        while parsing, before any handler could be asked): the peer's pings then
+        wait in the kernel and TCP holds the peer back. A peer that reads again
+        within ``close_timeout`` gets every pong (RFC 6455 §5.5.2 asks for one per
+        ping); one that does not is closed as a slow consumer, as for data
+        (:meth:`admit`): not reading at all would keep the socket forever.
+        """
+        limit = self.options.send_queue_size
+        flusher = self.flusher
+        if flusher is None or flusher is _SCHEDULED:
+            # Nothing tried to write yet: try now, and have a flusher wait if the
+            # kernel refuses (the pending hub callback then finds it and returns).
+            self.flusher = None
+            try:
+                if self._drain():
+                    return
+            except OSError as exc:
+                self._lost(exc)
+                return
+            flusher = self.flusher = gevent.spawn(self._flush)
+        if self.drained is None:
+            self.drained = Event()
+        deadline = time.monotonic() + self.options.close_timeout
+        while self.out_bytes >= limit and self.flusher is flusher and not self.aborted:
+            self.drained.clear()
+            if not self.drained.wait(max(0.0, deadline - time.monotonic())):
+                break
+        if self.out_bytes >= limit and not self.aborted:
+            self.slow_consumer()
+            if self.proto.state is OPEN:  # pragma: no cover - a close already under way
+                self.abort()  # the reader must not spin on a queue it cannot empty
 
     def slow_consumer(self) -> None:
         """Close a peer that does not read fast enough, keeping memory bounded."""
@@ -536,9 +594,13 @@ class _Connection:
         return True
 
     def send_control(self, opcode: int, data: bytes) -> bool:
-        """Send a ping or pong (control frames may go between fragments, §5.4)."""
+        """Send a ping or pong (control frames may go between fragments, §5.4).
+
+        Counted against ``send_queue_size`` like data: a handler pinging a peer that
+        does not read closes it as a slow consumer.
+        """
         proto = self.proto
-        if self.out_closed or proto.state is not OPEN:
+        if self.out_closed or proto.state is not OPEN or not self.admit():
             return False
         if opcode == _PING:
             proto.send_ping(data)
@@ -565,6 +627,7 @@ class _Connection:
         sock, proto = self.sock, self.proto
         buf, view = _shared_buffer()
         ping_interval = self.options.ping_interval
+        queue_size = self.options.send_queue_size
         watch = None
         if ping_interval is not None:
             # An idle socket waits with no timeout (a timer per waiting socket costs
@@ -591,9 +654,16 @@ class _Connection:
                 if timeout is not None and timeout <= 0:
                     self._on_timeout()
                     continue
+                # A read never holds more than the queue has room for: its pings'
+                # pongs (no longer than the pings) then cannot push the queue past
+                # send_queue_size by more than one frame. No room: stop reading.
+                room = queue_size - self.out_bytes
+                if room <= 0 and proto.state is OPEN:
+                    self.await_room()
+                    continue
                 sock.settimeout(timeout)
                 try:
-                    n = sock.recv_into(buf)
+                    n = sock.recv_into(buf, room) if 0 < room < _RECV_SIZE else sock.recv_into(buf)
                 except _Wakeup:
                     continue
                 except TimeoutError:
