@@ -25,6 +25,7 @@ import difflib
 import operator
 import os
 import re
+import reprlib
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -42,6 +43,7 @@ __all__ = [
     "markdown",
     "normalize",
     "read_file",
+    "shown",
 ]
 
 #: Namespaces accepted in config; any other fails at start-up with the key named.
@@ -77,7 +79,7 @@ class Key:
         except ConfigError:
             raise
         except (TypeError, ValueError) as exc:
-            raise ConfigError(f"{where}{self.name} = {value!r}: {exc}") from None
+            raise ConfigError(f"{where}{self.name} = {shown(value)}: {_cut(str(exc))}") from None
 
 
 _KEYS: dict[str, Key] = {}
@@ -146,6 +148,16 @@ _MAX_POWER = 1 << 16  # 2 ** 65536 is plenty for a config file and cannot hang u
 # or a long product of big powers would otherwise take minutes and gigabytes.
 _MAX_INT_BITS = 2 * _MAX_POWER
 _MAX_LITERAL_LEN = 64 * 1024
+#: The largest value, or intermediate result, a config expression may build: about
+#: its printed length (a string's characters, a container's items and theirs). Real
+#: values are host names, paths, header values and short lists, a few KiB at most (a
+#: long CSP, an origin list); 1 MiB leaves them ample room, for arithmetic too
+#: (``'x' * 100000``), while no line of a config file can make the process build
+#: more, nor an error message repeat more: ``'%0100000000d' % 0`` (100 MB) and
+#: ``[[0] * 4096] * 4096`` (a 50 MB repr) are refused before they are built.
+_MAX_VALUE_SIZE = 2**20
+# printf-style conversions, for their width and precision (see _format).
+_CONVERSION = re.compile(r"%(?:\([^)]*\))?[-#0 +]*(\*|\d+)?(?:\.(\*|\d*))?[hlL]?.?", re.S)
 
 
 def literal(text: str) -> Any:
@@ -153,71 +165,169 @@ def literal(text: str) -> Any:
 
     Accepted: numbers, strings, bytes, True/False/None, tuples, lists, dicts, sets,
     unary and binary arithmetic (``60 * 60``), comparisons are not. Names, calls,
-    attributes, subscripts, lambdas and comprehensions raise ``ValueError``.
+    attributes, subscripts, lambdas and comprehensions raise ``ValueError``, as does
+    a value (or any step of its arithmetic) larger than ``_MAX_VALUE_SIZE``.
     """
     if len(text) > _MAX_LITERAL_LEN:
         raise ValueError("value is too long")
     try:
         tree = ast.parse(text.strip(), mode="eval")
-        return _eval(tree.body)
+        return _eval(tree.body)[0]
     except SyntaxError as exc:
         # A bare word or URL (redis://host) is the usual mistake: a string needs quotes.
         bare = any(c.isalpha() for c in text) and not any(q in text for q in "'\"")
         hint = "; a string needs quotes, as in 'text'" if bare else ""
-        raise ValueError(f"not a Python literal ({exc.msg}){hint}") from None
+        raise ValueError(f"not a Python literal ({_cut(str(exc.msg))}){hint}") from None
     except (MemoryError, RecursionError):
         # CPython's parser and our evaluator give up on operators nested thousands deep.
         raise ValueError("value is nested too deeply") from None
 
 
-def _eval(node: ast.AST) -> Any:
+def _scalar_size(value: Any) -> int:
+    """About the printed length of a number, string or constant."""
+    if isinstance(value, (str, bytes)):
+        return len(value) + 2
+    if isinstance(value, int):
+        return value.bit_length() * 30103 // 100000 + 2  # decimal digits and a sign
+    if isinstance(value, complex):
+        return 50
+    return 24  # a float's longest repr; None, True, False, ...
+
+
+def _bounded(value: Any, size: int) -> tuple[Any, int]:
+    if size > _MAX_VALUE_SIZE:
+        raise ValueError(f"value is too large (over {_MAX_VALUE_SIZE} bytes)")
+    return value, size
+
+
+def _eval(node: ast.AST) -> tuple[Any, int]:
+    """``(value, size)`` of ``node``; sizes are carried along, never recomputed by
+    walking a value (``[[0] * 4096] * 4096`` shares one list 4096 times)."""
     if isinstance(node, ast.Constant):
-        return node.value
-    if isinstance(node, ast.Tuple):
-        return tuple(_eval(e) for e in node.elts)
-    if isinstance(node, ast.List):
-        return [_eval(e) for e in node.elts]
-    if isinstance(node, ast.Set):
-        return {_eval(e) for e in node.elts}
+        return node.value, _scalar_size(node.value)
+    if isinstance(node, (ast.Tuple, ast.List, ast.Set)):
+        items = [_eval(e) for e in node.elts]
+        size = 2 + sum(s + 2 for _v, s in items)
+        kind = tuple if isinstance(node, ast.Tuple) else list if isinstance(node, ast.List) else set
+        return _bounded(kind(v for v, _s in items), size)
     if isinstance(node, ast.Dict):
         if any(k is None for k in node.keys):
             raise ValueError("'**' is not allowed in config values")
-        return {_eval(k): _eval(v) for k, v in zip(node.keys, node.values, strict=True)}  # type: ignore[arg-type]
+        pairs = [(_eval(k), _eval(v)) for k, v in zip(node.keys, node.values, strict=True)]  # type: ignore[arg-type]
+        size = 2 + sum(ks + vs + 4 for (_k, ks), (_v, vs) in pairs)
+        return _bounded({k: v for (k, _ks), (v, _vs) in pairs}, size)
     if isinstance(node, ast.UnaryOp) and type(node.op) in _UNARY:
-        return _UNARY[type(node.op)](_number(_eval(node.operand)))
+        value = _UNARY[type(node.op)](_number(_eval(node.operand)[0]))
+        return value, _scalar_size(value)
     if isinstance(node, ast.BinOp) and type(node.op) in _BINOPS:
-        left, right = _eval(node.left), _eval(node.right)
-        if isinstance(node.op, ast.Pow):
-            _number(left)
-            if abs(_number(right)) > _MAX_POWER:
-                raise ValueError("exponent too large")
-            if isinstance(left, int) and isinstance(right, int) and left.bit_length() * right > _MAX_INT_BITS:
-                raise ValueError("number too large")
-        elif isinstance(node.op, ast.Mult):
-            if isinstance(left, int) and isinstance(right, int):
-                if left.bit_length() + right.bit_length() > _MAX_INT_BITS:
-                    raise ValueError("number too large")
-            for a, b in ((left, right), (right, left)):
-                if isinstance(a, (str, bytes, list, tuple)) and isinstance(b, int):
-                    if len(a) * b > _MAX_LITERAL_LEN:
-                        raise ValueError("value is too long")
-        try:
-            return _BINOPS[type(node.op)](left, right)
-        except (TypeError, ZeroDivisionError, OverflowError) as exc:
-            raise ValueError(str(exc)) from None
+        return _binop(node.op, _eval(node.left), _eval(node.right))
     if isinstance(node, ast.Name):
+        name = _cut(repr(node.id))
         if node.id.lower() in ("true", "false", "none"):
-            raise ValueError(f"names are not allowed in config values ({node.id!r}); write {node.id.capitalize()}")
-        raise ValueError(f"names are not allowed in config values ({node.id!r}); a string needs quotes: {node.id!r}")
+            raise ValueError(f"names are not allowed in config values ({name}); write {node.id.capitalize()}")
+        raise ValueError(f"names are not allowed in config values ({name}); a string needs quotes: {name}")
     if isinstance(node, ast.Call):
         raise ValueError("calls are not allowed in config values")
     raise ValueError(f"{type(node).__name__} is not allowed in config values")
 
 
+_SEQUENCES = (str, bytes, list, tuple)
+
+
+def _binop(op: ast.operator, left_sized: tuple[Any, int], right_sized: tuple[Any, int]) -> tuple[Any, int]:
+    """Apply ``op``, refusing a result over the bounds before it is computed."""
+    (left, lsize), (right, rsize) = left_sized, right_sized
+    size: int | None = None  # known in advance for sequences, else measured after
+    if isinstance(op, ast.Pow):
+        _number(left)
+        if abs(_number(right)) > _MAX_POWER:
+            raise ValueError("exponent too large")
+        if isinstance(left, int) and isinstance(right, int) and left.bit_length() * right > _MAX_INT_BITS:
+            raise ValueError("number too large")
+    elif isinstance(op, ast.Mult):
+        if isinstance(left, int) and isinstance(right, int):
+            if left.bit_length() + right.bit_length() > _MAX_INT_BITS:
+                raise ValueError("number too large")
+        for seq, seq_size, count in ((left, lsize, right), (right, rsize, left)):
+            if isinstance(seq, _SEQUENCES) and isinstance(count, int):
+                size = 2 + (seq_size - 2) * max(count, 0)  # 'ab' * 3: the content repeated
+                _bounded(None, size)
+    elif isinstance(op, ast.Add):
+        if isinstance(left, _SEQUENCES) and isinstance(right, _SEQUENCES):
+            size = _bounded(None, lsize + rsize)[1]
+    elif isinstance(op, ast.Mod) and isinstance(left, (str, bytes)):
+        _format_widths(left)
+    try:
+        value = _BINOPS[type(op)](left, right)
+    except (TypeError, ZeroDivisionError, OverflowError) as exc:
+        raise ValueError(_cut(str(exc))) from None
+    if size is None:
+        # Numbers and % formatting are measured; a set difference is no larger than its left side.
+        size = lsize if isinstance(value, (set, frozenset)) else _scalar_size(value)
+    return _bounded(value, size)
+
+
+def _format_widths(template: str | bytes) -> None:
+    """Refuse printf-style widths and precisions that would build an oversized result
+    (``'%0100000000d' % 0``) before formatting; the result is measured afterwards."""
+    text = template.decode("latin-1") if isinstance(template, bytes) else template
+    total = len(text)
+    for match in _CONVERSION.finditer(text):
+        for field in match.groups():
+            if field == "*":
+                raise ValueError("'*' widths are not allowed in config values")
+            if field:
+                total += int(field) if len(field) < 10 else _MAX_VALUE_SIZE + 1
+        if total > _MAX_VALUE_SIZE:
+            raise ValueError(f"value is too large (over {_MAX_VALUE_SIZE} bytes)")
+
+
 def _number(value: Any) -> Any:
     if isinstance(value, bool) or not isinstance(value, (int, float, complex)):
-        raise ValueError(f"arithmetic on a non-number ({value!r})")
+        raise ValueError(f"arithmetic on a non-number ({shown(value)})")
     return value
+
+
+#: The longest value an error message quotes (then cut, ending with "...").
+_MAX_SHOWN = 200
+
+
+class _ShortRepr(reprlib.Repr):
+    """reprlib's bounded repr, with integers too large for ``repr`` (over 4300 digits
+    raise ValueError) and objects whose own repr fails or is long."""
+
+    def repr_int(self, x: int, level: int) -> str:
+        if x.bit_length() > 4 * _MAX_SHOWN:
+            return f"<int of {x.bit_length()} bits>"
+        return _cut(repr(x))
+
+    def repr_instance(self, x: Any, level: int) -> str:
+        try:
+            return _cut(repr(x))
+        except Exception:
+            return f"<{type(x).__name__}>"
+
+
+_SHORT = _ShortRepr()
+_SHORT.maxlevel = 3
+_SHORT.maxstring = _SHORT.maxother = _SHORT.maxlong = _MAX_SHOWN
+_SHORT.maxtuple = _SHORT.maxlist = _SHORT.maxarray = _SHORT.maxdict = 20
+_SHORT.maxset = _SHORT.maxfrozenset = _SHORT.maxdeque = 20
+
+
+def shown(value: Any) -> str:
+    """``repr(value)`` for an error message: at most ``_MAX_SHOWN`` characters, ending
+    with "..." when cut, and cheap whatever the value (never the whole of a 1 MiB
+    list, nor a shared list repeated 4096 times)."""
+    try:
+        text = _SHORT.repr(value)
+    except Exception:  # a value of a type with a broken __repr__ deep inside
+        text = f"<{type(value).__name__}>"
+    return _cut(text)
+
+
+def _cut(text: str, limit: int = _MAX_SHOWN) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 # ---------------------------------------------------------------------------
@@ -263,7 +373,7 @@ def read_file(filename: str | os.PathLike[str]) -> dict[str, dict[str, Any]]:
                 value = literal(raw)
             except ValueError as exc:
                 raise ConfigError(
-                    f"{place}, section [{section}], key {key!r}: {raw!r} is not a valid value: {exc}"
+                    f"{place}, section [{section}], key {shown(key)}: {shown(raw)} is not a valid value: {exc}"
                 ) from None
             values[key] = check_key(key, value, f"{place}: ")
         result[section] = values
@@ -316,7 +426,7 @@ def normalize(config: Any) -> dict[str, dict[str, Any]]:
         if isinstance(value, Mapping) and (key == "global" or str(key).startswith("/")):
             sections.setdefault(key, {}).update(value)
         elif isinstance(value, Mapping) and "." not in str(key):
-            raise ConfigError(f"config section {key!r} must be 'global' or start with '/'")
+            raise ConfigError(f"config section {shown(key)} must be 'global' or start with '/'")
         else:
             flat[key] = value
     if flat:
@@ -340,7 +450,7 @@ def check_key(name: str, value: Any, where: str = "") -> Any:
     ns = name.split(".", 1)[0]
     if "." not in name or ns not in NAMESPACES:
         raise ConfigError(
-            f"unknown config namespace in key {name!r}{_origin(where)}; known namespaces: {', '.join(NAMESPACES)}"
+            f"unknown config namespace in key {shown(name)}{_origin(where)}; known namespaces: {', '.join(NAMESPACES)}"
             + _did_you_mean(name, _KEYS)
         )
     key = _KEYS.get(name)
@@ -359,13 +469,13 @@ def check_key(name: str, value: Any, where: str = "") -> Any:
         prefix = f"server.{extra.group('name')}."
         server_keys = [prefix + k.name[len("server.") :] for k in _KEYS.values() if k.scope == "server"]
         raise ConfigError(
-            f"unknown config key {name!r}{_origin(where)}: {extra.group('sub')} is not a server key"
+            f"unknown config key {shown(name)}{_origin(where)}: {extra.group('sub')} is not a server key"
             + _did_you_mean(name, server_keys)
         )
     for regex, _doc in _PATTERNS.values():
         if regex.match(name):
             return value
-    raise ConfigError(f"unknown config key {name!r}{_origin(where)}" + _did_you_mean(name, _KEYS))
+    raise ConfigError(f"unknown config key {shown(name)}{_origin(where)}" + _did_you_mean(name, _KEYS))
 
 
 def _origin(where: str) -> str:

@@ -201,3 +201,80 @@ def test_every_declared_key_is_documented():
     missing = [name for name in declared() if f"`{name}`" not in text]
     assert not missing
     assert "(undocumented)" not in text
+
+
+# -- values whose evaluation would exceed a size bound ---------------------------------
+# Before: '%0100000000d' % 0 built a 100 MB value and [[0]*4096]*4096 a 50 MB error
+# message (37 s to build under tracemalloc). Every intermediate result is now bounded
+# (1 MiB) and refused before it is built, with the key named; every quoted value is
+# cut to 200 characters.
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("'%0100000000d' % 0", "too large"),  # a width
+        ("'%.2000000f' % 1.5", "too large"),  # a precision
+        ("b'%01000000d%01000000d' % (1, 2)", "too large"),  # widths add up
+        ("'%*d' % (100000000, 0)", "'*' widths"),
+        ("[[0] * 4096] * 4096", "too large"),  # one list shared 4096 times: its repr is 50 MB
+        ("[[[0] * 128] * 128] * 128", "too large"),
+        ("'x' * 600000 + 'x' * 600000", "too large"),  # each half fits, the sum does not
+        ("('x' * 1000000,) * 2", "too large"),
+        ("{1: 'x' * 600000, 2: 'x' * 600000}", "too large"),
+        ("'%s%s' % ('x' * 600000, 'x' * 600000)", "too large"),  # formatting is measured too
+        ("[10 ** 40000] * 100", "too large"),  # big numbers print long
+    ],
+)
+def test_literal_refuses_values_over_the_size_bound(text, reason):
+    with pytest.raises(ValueError, match=reason):
+        literal(text)
+
+
+def test_literal_still_builds_values_within_the_bound():
+    assert literal("'x' * 100000") == "x" * 100000  # over the 64 KiB of the text itself
+    assert literal("'%05d|%-4s|%.2f|%%' % (42, 'ab', 2.5)") == "00042|ab  |2.50|%"
+    assert literal("b'%d' % 7") == b"7"
+    assert literal("'%(a)s' % {'a': 1}") == "1"
+    assert literal("[[0] * 64] * 64") == [[0] * 64] * 64
+    assert literal("{1, 2, 3} - {2}") == {1, 3}
+    assert literal("[] * 10 ** 12") == []
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["'%0100000000d' % 0", "[[0] * 4096] * 4096", "'x' * 600000 + 'x' * 600000"],
+)
+def test_oversized_config_values_fail_with_the_key_named_and_a_short_message(tmp_path, value):
+    conf = tmp_path / "app.conf"
+    conf.write_text(f"[global]\nserver.socket_host = {value}\n")
+    with pytest.raises(ConfigError) as info:
+        read_file(conf)
+    text = str(info.value)
+    assert "app.conf, line 2" in text and "server.socket_host" in text and "too large" in text
+    assert len(text) < 200 + len(str(conf)) + 150
+
+
+def test_error_messages_cut_the_values_they_quote(tmp_path):
+    conf = tmp_path / "app.conf"
+    # A literal that is not valid: the raw text is quoted, cut.
+    conf.write_text("[global]\nserver.socket_port = " + "1" * 70000 + "x\n")
+    with pytest.raises(ConfigError) as info:
+        read_file(conf)
+    assert len(str(info.value)) < 500 and "..." in str(info.value)
+    # A valid literal of the wrong type: the value is quoted, cut.
+    conf.write_text("[global]\nserver.socket_port = ['x' * 1000] * 1000\n")
+    with pytest.raises(ConfigError, match=r"server\.socket_port = \[.*\.\.\.") as info:
+        read_file(conf)
+    assert len(str(info.value)) < 500
+    # The same from a dict config (no evaluation; the message is still short).
+    with pytest.raises(ConfigError) as info:
+        rtserver.config.update({"server.socket_port": [[0] * 4096] * 4096})
+    assert "server.socket_port" in str(info.value) and len(str(info.value)) < 500
+    # An integer too long for repr() (over 4300 digits) is named, not an error of its own.
+    with pytest.raises(ConfigError, match="int of") as info:
+        rtserver.config.update({"server.socket_port": 10**5000})
+    # A long unknown key name is cut as well.
+    with pytest.raises(ConfigError) as info:
+        rtserver.config.update({"server." + "x" * 100000: 1})
+    assert len(str(info.value)) < 500
