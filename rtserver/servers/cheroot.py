@@ -129,6 +129,26 @@ def _take_over(req: Any, status: str, headers: list[tuple[str, str]], takeover: 
     req.server.rt_takeovers.spawn(takeover, sock, leftover)
 
 
+def _keep_no_more(req: Any, status: str, headers: Iterable[tuple[str, str]]) -> None:
+    """Close the connection after this response where cheroot would keep it.
+
+    * a WebSocket upgrade request not answered 101 (refused: 403, 426, 400...): the
+      connection serves no more requests, as on the gevent server (see its
+      ``_asks_websocket`` for why);
+    * a response with ``Connection: close`` from the application (RFC 9110 §7.6.1),
+      which cheroot writes as given yet keeps the connection for the next request.
+
+    cheroot then writes ``Connection: close`` itself when the application did not.
+    """
+    if status[:3] != "101" and b"websocket" in req.inheaders.get(b"Upgrade", b"").lower():
+        req.close_connection = True
+        return
+    for name, value in headers:
+        if name.lower() == "connection" and any(t.strip().lower() == "close" for t in value.split(",")):
+            req.close_connection = True
+            return
+
+
 def _rt_environ(req: Any, env: dict[str, Any]) -> dict[str, Any]:
     """Add the ``rtserver.*`` keys of the server contract to ``env``."""
     env["rtserver.socket"] = req.conn.socket
@@ -144,6 +164,11 @@ class _WSGIGateway(_cheroot_wsgi.Gateway_10):
 
     def get_environ(self) -> dict[str, Any]:  # type: ignore[override]
         return _rt_environ(self.req, super().get_environ())
+
+    def start_response(self, status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+        write = super().start_response(status, headers, exc_info)
+        _keep_no_more(self.req, status, headers)
+        return write
 
     def respond(self) -> None:
         req = self.req
@@ -297,6 +322,7 @@ class _NativeGateway(_cheroot_server.Gateway):
         req = self.req
         req.status = status.encode("latin-1")
         outheaders = req.outheaders = [(name.encode("latin-1"), value.encode("latin-1")) for name, value in headers]
+        _keep_no_more(req, status, headers)
         try:
             if type(body) is list or type(body) is tuple:
                 # A buffered body: the head and the body go out in one write

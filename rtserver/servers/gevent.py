@@ -68,6 +68,21 @@ _PLAIN, _LENGTH, _CONNECTION, _DATE, _SERVER, _FORBIDDEN = range(6)
 _NAME_KINDS: dict[str, int] = {}
 
 
+def _asks_websocket(req: RequestHead) -> bool:
+    """Whether ``req`` asks to upgrade to WebSocket (an ``Upgrade: websocket`` token).
+
+    Such a connection never serves another HTTP request: a 101 hands it over, and
+    any other answer (403 cross-origin, 426 version, 400, a page) closes it after the
+    response. The client meant to leave HTTP, so what follows on the connection may
+    be frames, not requests; and a proxy that took the upgrade request for a tunnel
+    without waiting for the 101 would let requests through it unchecked (WebSocket
+    request smuggling) were we to read them as HTTP.
+    """
+    return req.upgrade and any(
+        name.lower() == b"upgrade" and b"websocket" in value.lower() for name, value in req.headers
+    )
+
+
 def _name_kind(name: Any) -> int:
     """Validate a response header name; say whether the server looks at it."""
     if type(name) is not str or not _TOKEN.match(name):
@@ -322,7 +337,7 @@ class _Connection:
         self._head_sent = False
         self._chunked = False
         self._sent = 0
-        self._keep = req.keep_alive and not self.server._stopping
+        self._keep = req.keep_alive and not self.server._stopping and not _asks_websocket(req)
         result: Any = None
         try:
             result = self.server.app(env, self._start_response)

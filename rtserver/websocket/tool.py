@@ -15,8 +15,10 @@ Two ways to mount a WebSocket endpoint, both on the page tree's port:
   exposed method with ``@rtserver.websocket(ChatSocket, protocols=['chat.v1'])``.
 
 A refused handshake is answered 400 (malformed), 403 (cross-site origin), 426 (version)
-or 503 (server stopping) — never 500. The response timeout and the timeout monitor
-cover the handshake request only, never the life of the socket.
+or 503 (server stopping) — never 500 — and every server kind then closes the
+connection (``Connection: close``, see :mod:`rtserver.servers.gevent`). The response
+timeout and the timeout monitor cover the handshake request only, never the life of
+the socket.
 """
 
 from __future__ import annotations
