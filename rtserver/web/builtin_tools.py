@@ -73,13 +73,31 @@ def secureheaders(
         headers["Strict-Transport-Security"] = hsts
 
 
-def json_in(content_type: str | Sequence[str] = ("application/json", "text/javascript"), force: bool = True) -> None:
+def json_in(
+    content_type: str | Sequence[str] = ("application/json", "text/javascript"),
+    force: bool = True,
+    max_body: int = 2**20,
+    max_depth: int = 64,
+    max_items: int = 100_000,
+) -> None:
     """Decode a JSON request body into ``request.json`` (400 when malformed).
+
+    Decoded by :func:`rtserver.web.jsonlimits.loads`: bounded in size, nesting and
+    count of values, so no body can take more than a few MiB to decode; NaN,
+    Infinity and lone surrogates (``"\\ud800"``) are refused with the rest of what
+    is not RFC 8259 JSON.
 
     Args:
         content_type: media type(s) accepted as JSON.
         force: answer 415 to a body of another media type (else leave it alone).
+        max_body: largest body in bytes; larger gets 413 (a Content-Length before the body is read). 1 MiB
+            is far above a typical API payload, and decodes in tens of milliseconds.
+        max_depth: deepest nesting of arrays and objects; deeper gets 400. 64 serves any real document.
+        max_items: most values (keys and containers included) in the body; more gets 400. 100,000 values hold
+            under ~10 MiB once decoded, where 1 MiB of ``[[],[],...]`` would make 350,000 lists.
     """
+    from . import jsonlimits
+
     request = current_request()
     body = request.body
     if not body.has_body:
@@ -91,11 +109,16 @@ def json_in(content_type: str | Sequence[str] = ("application/json", "text/javas
             raise HTTPError(415, f"Expected a body of type {', '.join(types)}.")
         return
     body.processed = True  # not a form
-    raw = body.fullvalue()
+    if body.length is not None and body.length > max_body:
+        raise HTTPError(413, f"A JSON body may have at most {max_body} bytes.")
+    if body._data is None and body.length is None:  # chunked: read one byte past the limit, no more
+        body._data = body.read(max_body + 1)
     try:
-        request.json = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
-        raise HTTPError(400, "Invalid JSON document.") from None
+        request.json = jsonlimits.loads(body.fullvalue(), max_bytes=max_body, max_depth=max_depth, max_items=max_items)
+    except jsonlimits.JSONLimitError as exc:
+        if exc.kind == jsonlimits.TOO_LARGE:
+            raise HTTPError(413, f"A JSON body may have at most {max_body} bytes.") from None
+        raise HTTPError(400, f"Invalid JSON document: {exc.message}.") from None
 
 
 def json_out(content_type: str = "application/json", handler: Any = None) -> None:

@@ -71,12 +71,12 @@ hooks, which deny nothing by default except malformed requests -- override
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from typing import Any
 
 from ..errors import BrokerUnavailable, HubError
+from ..web import jsonlimits
 from .handler import WebSocket
 from .hub import TooManyChannels
 
@@ -143,6 +143,12 @@ class ChannelSocket(WebSocket):
     max_channels = 20
     #: Longest request accepted, in bytes (the runtime's own limit is larger).
     max_request_size = 64 * 1024
+    #: Nesting a request's JSON may have (``[]`` is 1): the protocol needs 2, a
+    #: ``publish``'s data the rest; deeper would only cost the decoder.
+    max_request_depth = 32
+    #: Values (keys and containers included) in one request: bounds what one
+    #: 64 KiB request can make the decoder allocate.
+    max_request_items = 10_000
     #: Publish join and leave events of members to the channel (needs member_info).
     announce_presence = True
 
@@ -180,14 +186,16 @@ class ChannelSocket(WebSocket):
         if message.is_binary:
             self._error(None, None, "bad-request", "Binary messages are not part of this protocol.")
             return
-        raw = message.data
-        if len(raw) > self.max_request_size:
-            self._error(None, None, "bad-request", "Request too large.")
-            return
         try:
-            request = json.loads(raw)
-        except ValueError:
-            request = None
+            request = jsonlimits.loads(
+                message.data,
+                max_bytes=self.max_request_size,
+                max_depth=self.max_request_depth,
+                max_items=self.max_request_items,
+            )
+        except jsonlimits.JSONLimitError as exc:
+            self._error(None, None, "bad-request", f"Not a valid request: {exc}.")
+            return
         if not isinstance(request, dict):
             self._error(None, None, "bad-request", "Requests are JSON objects with an 'op'.")
             return

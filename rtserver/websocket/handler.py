@@ -10,6 +10,7 @@ from typing import Any
 from websockets.datastructures import Headers
 from ws4py.websocket import WebSocket as _Ws4pyWebSocket
 
+from ..web.httputil import cookie_jar
 from .hub import HubClientMixin
 
 __all__ = ["WebSocket"]
@@ -66,13 +67,8 @@ class WebSocket(HubClientMixin, _Ws4pyWebSocket):
     @property
     def cookies(self) -> http.cookies.SimpleCookie:
         """Cookies sent with the upgrade request."""
-        jar: http.cookies.SimpleCookie = http.cookies.SimpleCookie()
-        for value in self.request_headers.get_all("Cookie"):
-            try:
-                jar.load(value)
-            except http.cookies.CookieError:
-                continue  # RFC 6265 §5.2: ignore what cannot be parsed
-        return jar
+        # Every well-formed pair, even beside malformed ones (the pages' parser).
+        return cookie_jar("; ".join(self.request_headers.get_all("Cookie")))
 
     @property
     def path(self) -> str:

@@ -89,7 +89,7 @@ _DECLARATIONS: list[tuple[str, Any, str, Any]] = [
     (
         "allowed_origins",
         (),
-        "Origins allowed besides the page's own host ('https://app.example' or "
+        "Origins allowed besides the page's own origin (its scheme, host and port; 'https://app.example' or "
         "'app.example:8443'); '*' allows any. Empty: same-origin only.",
         _origins,
     ),
