@@ -458,18 +458,9 @@ class _Connection:
         (:meth:`admit`): not reading at all would keep the socket forever.
         """
         limit = self.options.send_queue_size
-        flusher = self.flusher
-        if flusher is None or flusher is _SCHEDULED:
-            # Nothing tried to write yet: try now, and have a flusher wait if the
-            # kernel refuses (the pending hub callback then finds it and returns).
-            self.flusher = None
-            try:
-                if self._drain():
-                    return
-            except OSError as exc:
-                self._lost(exc)
-                return
-            flusher = self.flusher = gevent.spawn(self._flush)
+        flusher = self._writing()
+        if flusher is None:
+            return
         if self.drained is None:
             self.drained = Event()
         deadline = time.monotonic() + self.options.close_timeout
@@ -481,6 +472,26 @@ class _Connection:
             self.slow_consumer()
             if self.proto.state is OPEN:  # pragma: no cover - a close already under way
                 self.abort()  # the reader must not spin on a queue it cannot empty
+
+    def _writing(self) -> Any:
+        """The greenlet writing the queue out, or None when it was written at once.
+
+        Nothing tried to write yet (no flusher, or only a hub callback scheduled):
+        try now, and start a flusher to wait for the kernel when it refuses (the
+        pending hub callback then finds one and returns). None too when the
+        connection was lost trying.
+        """
+        flusher = self.flusher
+        if flusher is None or flusher is _SCHEDULED:
+            self.flusher = None
+            try:
+                if self._drain():
+                    return None
+            except OSError as exc:
+                self._lost(exc)
+                return None
+            flusher = self.flusher = gevent.spawn(self._flush)
+        return flusher
 
     def slow_consumer(self) -> None:
         """Close a peer that does not read fast enough, keeping memory bounded."""
@@ -692,16 +703,9 @@ class _Connection:
     def _send_last(self) -> None:
         """Hand what is queued (the close frame, the FIN) to the kernel before the
         socket is closed; a backed-up peer is waited for until the close deadline."""
-        flusher = self.flusher
-        if flusher is None or flusher is _SCHEDULED:
-            self.flusher = None  # a pending hub callback then finds nothing to send
-            try:
-                if self._drain():
-                    return
-            except OSError as exc:
-                self._lost(exc)
-                return
-            flusher = self.flusher = gevent.spawn(self._flush)
+        flusher = self._writing()
+        if flusher is None:
+            return
         deadline = self.close_deadline
         timeout = self.options.close_timeout if deadline is None else deadline - time.monotonic()
         flusher.join(max(0.0, timeout))  # then finish() drops what is still queued

@@ -117,43 +117,34 @@ def _run_to_exit(tmp_path: Path, code: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_threads_started_before_refuse_to_start(tmp_path: Path, namespaces: None) -> None:
-    result = _run_to_exit(
-        tmp_path,
-        "import threading, time\n"
-        "import rtserver\n"
-        "threading.Thread(target=time.sleep, args=(60,), name='poller', daemon=True).start()\n"
-        "class Root:\n"
-        "    @rtserver.expose\n"
-        "    def index(self):\n"
-        "        return 'x'\n"
-        "rtserver.quickstart(Root())\n",
-    )
+ROOT = "class Root:\n    @rtserver.expose\n    def index(self):\n        return 'x'\nrtserver.quickstart(Root())\n"
+
+
+@pytest.mark.parametrize(
+    ("before", "fragments"),
+    [
+        (
+            "import threading, time\nimport rtserver\n"
+            "threading.Thread(target=time.sleep, args=(60,), name='poller', daemon=True).start()\n",
+            ["thread(s) started before rtserver (poller)", "monkey.patch_all()"],
+        ),
+        (
+            "import socket\nimport rtserver\nfeed = socket.socket()\nfeed.bind(('127.0.0.1', 0))\nfeed.listen()\n",
+            ["socket(s) opened before rtserver started", "127.0.0.1", "monkey.patch_all()"],
+        ),
+    ],
+    ids=["threads", "sockets"],
+)
+def test_too_late_to_patch_refuses_to_start_in_one_line(
+    tmp_path: Path, namespaces: None, before: str, fragments: list[str]
+) -> None:
+    """Threads running or plain sockets open before the start would stay blocking."""
+    result = _run_to_exit(tmp_path, before + ROOT)
     assert result.returncode == 70
     errors = [line for line in result.stderr.splitlines() if "ERROR" in line]
     assert len(errors) == 1, result.stderr
-    assert "poller" in errors[0] and "monkey.patch_all()" in errors[0]
-    assert "Traceback" not in result.stderr and "Serving on" not in result.stderr
-
-
-def test_sockets_opened_before_refuse_to_start(tmp_path: Path, namespaces: None) -> None:
-    result = _run_to_exit(
-        tmp_path,
-        "import socket\n"
-        "import rtserver\n"
-        "feed = socket.socket()\n"
-        "feed.bind(('127.0.0.1', 0))\n"
-        "feed.listen()\n"
-        "class Root:\n"
-        "    @rtserver.expose\n"
-        "    def index(self):\n"
-        "        return 'x'\n"
-        "rtserver.quickstart(Root())\n",
-    )
-    assert result.returncode == 70
-    errors = [line for line in result.stderr.splitlines() if "ERROR" in line]
-    assert len(errors) == 1, result.stderr
-    assert "socket(s) opened before rtserver started" in errors[0] and "127.0.0.1" in errors[0]
+    for fragment in fragments:
+        assert fragment in errors[0], errors[0]
     assert "Traceback" not in result.stderr and "Serving on" not in result.stderr
 
 
