@@ -375,6 +375,23 @@ def test_every_redis_key_has_a_ttl_after_300_join_leave_cycles(redis_server: Any
     assert len(ttls) <= 300 * 2 + 30 + 5
 
 
+def test_rooms_that_keep_no_message_cost_redis_keys_for_a_minute_only(redis_server: Any) -> None:
+    """A churn of distinct rooms (joins and leaves, nothing published) must not pile
+    up keys for hub.redis_ttl (a day): their counter and events expire a minute after
+    the last join or leave, while a room with a message keeps the long TTL."""
+    with running_hub(broker=redis_server.url, redis_ttl=86400, presence_ttl=20) as hub:
+        ws = FakeSocket("cycler")
+        for i in range(50):
+            join_and_leave(hub, ws, f"quiet-{i}")
+        hub.publish("talked", {"n": 1})
+        join_and_leave(hub, ws, "talked")
+        ttls = redis_ttls(redis_server.url)
+    quiet = {key: ttl for key, ttl in ttls.items() if ":quiet-" in key}
+    assert quiet and all(0 < ttl <= 60_000 for ttl in quiet.values()), sorted(quiet.values())[-3:]
+    talked = {key: ttl for key, ttl in ttls.items() if ":n:" in key and "talked" in key}
+    assert talked and all(ttl > 3600 * 1000 for ttl in talked.values()), talked
+
+
 def test_a_join_leave_storm_evicts_no_message_with_redis(redis_server: Any) -> None:
     with running_hub(broker=redis_server.url, history_size=100) as hub:
         for i in range(50):

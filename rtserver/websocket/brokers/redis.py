@@ -56,8 +56,10 @@ log = logging.getLogger("rtserver.hub")
 
 # KEYS: counter, stream, pub/sub channel, events list. ARGV: kind, channel (JSON),
 # field, data, floor, now (ms), entries kept (of the stream or of the events list),
-# their ttl (ms), the counter's ttl (ms).
+# their ttl (ms), the counter's ttl (ms), the ttl (ms) of a channel that keeps no
+# message (its counter and events, refreshed by each join/leave).
 _PUBLISH = """
+local quiet = ARGV[3] == 'presence' and redis.call('EXISTS', KEYS[2]) == 0
 local last = redis.call('GET', KEYS[1])
 local prev = 0
 local n
@@ -69,7 +71,11 @@ else
   redis.call('SET', KEYS[1], string.format('%d', base))
   n = redis.call('INCR', KEYS[1])
 end
-redis.call('PEXPIRE', KEYS[1], ARGV[9])
+if quiet then
+  redis.call('PEXPIRE', KEYS[1], ARGV[10])
+else
+  redis.call('PEXPIRE', KEYS[1], ARGV[9])
+end
 local nid = string.format('%d', n)
 local pid = string.format('%d', prev)
 local env
@@ -82,7 +88,11 @@ local keep = tonumber(ARGV[7])
 if keep > 0 and ARGV[3] == 'presence' then
   redis.call('RPUSH', KEYS[4], ARGV[1] .. nid .. ',' .. pid .. ',' .. ARGV[6] .. ':' .. env)
   redis.call('LTRIM', KEYS[4], -keep, -1)
-  redis.call('PEXPIRE', KEYS[4], ARGV[8])
+  if quiet then
+    redis.call('PEXPIRE', KEYS[4], ARGV[10])
+  else
+    redis.call('PEXPIRE', KEYS[4], ARGV[8])
+  end
 elseif keep > 0 then
   redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[7], '0-' .. nid, 'k', ARGV[1], 'p', pid, 't', ARGV[6], 'e', env)
   redis.call('PEXPIRE', KEYS[2], ARGV[8])
@@ -342,6 +352,14 @@ class RedisBroker(Broker):
         ttl = self.options.history_ttl
         return max(1, int(min(ttl, self.options.key_ttl) * 1000 if ttl > 0 else self.options.key_ttl * 1000))
 
+    def _quiet_ttl_ms(self) -> int:
+        """How long the counter and join/leave events of a channel that keeps no
+        message outlive its last join or leave: three presence heartbeats, at least a
+        minute. Rooms that only ever see joins and leaves (a churn of distinct rooms)
+        then cost keys for a minute, not for ``key_ttl``; dropping their counter is
+        safe, since a counter made again starts a new epoch from the clock."""
+        return max(60_000, int(self.options.presence_ttl * 3 * 1000), 1)
+
     def publish(self, channel: str, kind: str, field: str, data: bytes, floor: int = 0) -> Entry:
         keep = self.options.presence_history_size if field == "presence" else self.options.history_size
         args = [
@@ -354,6 +372,7 @@ class RedisBroker(Broker):
             max(0, int(keep)),
             self._history_ttl_ms(),
             max(1, int(self.options.key_ttl * 1000)),
+            self._quiet_ttl_ms(),
         ]
         keys = [self._key("n", channel), self._key("h", channel), self._mchan(channel), self._key("e", channel)]
         msg_id, prev = self._call("publish", self._scripts["publish"], keys=keys, args=args)
