@@ -75,6 +75,10 @@ class RedisSession(SessionStore):
         pipe = self.client.pipeline(transaction=False)
         pipe.set(self._key(id), text, px=ttl_ms)
         pipe.zadd(self._index, {id: expires})
+        # The index lives as long as its longest-lived session, no key without a TTL:
+        # NX gives a new index its first TTL, GT only ever lengthens it.
+        pipe.pexpire(self._index, ttl_ms, nx=True)
+        pipe.pexpire(self._index, ttl_ms, gt=True)
         pipe.execute()
 
     def delete(self, id: str) -> None:

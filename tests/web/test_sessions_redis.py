@@ -90,6 +90,20 @@ def test_redis_store_keeps_json_with_a_ttl(redis_server: Any, client: Any) -> No
         assert not client.exists(f"rtserver:session:{forged}")
 
 
+def test_every_key_the_redis_store_writes_has_a_ttl(redis_server: Any, client: Any) -> None:
+    """The sessions' index (the cap's count) too: it lives as long as its longest-lived
+    session, and every login lengthens it, never shortens it."""
+    with serve(Root(), redis_conf(redis_server.url, timeout=2)) as srv:
+        srv.get("/login?user=alice")
+        first = client.pttl("rtserver:session:index")
+        time.sleep(0.2)
+        srv.get("/login?user=bob")
+        ttls = {key.decode(): client.pttl(key) for key in client.scan_iter(count=1000)}
+    assert "rtserver:session:index" in ttls
+    assert all(ttl > 0 for ttl in ttls.values()), ttls
+    assert 0 < first <= ttls["rtserver:session:index"] <= 120_000
+
+
 def test_redis_expiry_is_the_ttl(redis_server: Any, client: Any) -> None:
     with serve(Root(), redis_conf(redis_server.url, timeout=0.01)) as srv:
         _, headers, _ = srv.get("/login?user=bob")
