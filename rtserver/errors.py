@@ -22,6 +22,7 @@ __all__ = [
     "InternalRedirect",
     "NotFound",
     "RTServerError",
+    "SessionEnded",
     "SessionLockTimeout",
     "StartupError",
     "TimeoutError",
@@ -174,6 +175,12 @@ class BrokerUnavailable(HubError):
 
 class SessionLockTimeout(RTServerError):
     """A session lock could not be acquired in time (``tools.sessions.lock_timeout``)."""
+
+
+class SessionEnded(RTServerError):
+    """A socket's session no longer exists: it was deleted (logout), expired or given a
+    new id (``regenerate()``) since the socket opened. Raised by ``session.save()`` and
+    ``session.locked()`` of a socket handler instead of writing the stale data back."""
 
 
 _DEFAULT_MESSAGES = {

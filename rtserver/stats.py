@@ -23,7 +23,8 @@ What is counted, and where (each cheap enough for the hot path, or read on deman
 * messages and payload bytes in and out, slow consumers closed: the runtime's
   :data:`rtserver.websocket.connection.counters`;
 * sockets per hub channel, hub messages published/delivered, slow consumers the
-  hub dropped: :meth:`Hub.stats` and :meth:`Hub.channel_sizes`;
+  hub dropped, channel operations its policy refused: :meth:`Hub.stats` and
+  :meth:`Hub.channel_sizes`;
 * refused upgrades by status and reason: ``engine.websocket.handshake_failures``;
 * request timeouts: the timeout monitor's interruptions and the 503s answered;
 * the process: resident memory, open file descriptors, live greenlets.
@@ -181,6 +182,7 @@ def snapshot(channels: int = 100, sample_interval: float = 0) -> dict[str, Any]:
             "published": hub_stats["published"],
             "delivered": hub_stats["delivered"],
             "dropped_slow_consumers": hub_stats["dropped_slow_consumers"],
+            "refused": hub_stats["refused"],
             "subscribers": hub_stats["subscribers"],
             "channels": hub_stats["channels"],
             "sockets_per_channel": dict(largest),
@@ -257,6 +259,12 @@ def prometheus_text(data: dict[str, Any]) -> str:
         "counter",
         "Subscribers the hub dropped as slow consumers.",
         [({}, hub["dropped_slow_consumers"])],
+    )
+    metric(
+        "hub_refused_total",
+        "counter",
+        "Channel operations of sockets the hub's policy refused (forbidden or rate-limited).",
+        [({}, hub.get("refused"))],
     )
     metric("hub_channels", "gauge", "Hub channels with local subscribers.", [({}, hub["channels"])])
     metric(

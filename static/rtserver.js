@@ -22,7 +22,14 @@
  *   requestTimeout 10000           ms a publish/join waits for its answer
  *   shouldReconnect(closeEvent)    false to stop; by default every close reconnects
  *                                   except 1008 (policy) and 4400-4499 (the server
- *                                   refused this user: do not retry)
+ *                                   refused this user: do not retry); 4401 never
+ *                                   reconnects, whatever this says
+ *
+ * Signed out: the server closes a socket with 4401 when the session it was opened
+ * with ended (a logout in another tab, expiry, a new session id after a login; see
+ * rtserver.WebSocket.session_ended) or refuses a visitor who is not logged in. The
+ * client then emits "signed-out" {code, reason}, then "closed", and never reconnects
+ * (its cookie is dead): send the user to the login page.
  *
  * Client
  *   .join(channel, {history: n}) -> Channel   join (again after every reconnect)
@@ -32,7 +39,8 @@
  *   .close()                         close for good (no reconnect)
  *   .connected                       true while the socket is open
  *   events: "open" {reconnected}, "message" {channel, id, data}, "reconnecting"
- *   {attempt, delay, code}, "gap" {channel, from, to}, "closed" {code, reason} (final),
+ *   {attempt, delay, code}, "gap" {channel, from, to}, "signed-out" {code, reason}
+ *   (4401: the session ended; then "closed"), "closed" {code, reason} (final),
  *   "error" {error, message, channel} (a server error not tied to a request)
  *
  * Channel
@@ -154,6 +162,9 @@ const DEFAULTS = {
   requestTimeout: 10000,
   shouldReconnect: (event) => !(event.code === 1008 || (event.code >= 4400 && event.code < 4500)),
 };
+
+/** The close code of a socket whose session ended (rtserver.websocket.plugin.SESSION_ENDED_CODE). */
+export const SIGNED_OUT = 4401;
 
 /** A reconnecting connection to a ChannelSocket endpoint. */
 export class Client extends Emitter {
@@ -298,6 +309,13 @@ export class Client extends Emitter {
     this._failPending("disconnected", "Connection lost.");
     for (const channel of this._channels.values()) channel.joined = false;
     if (this._closedForGood) return;
+    if (code === SIGNED_OUT) {
+      // The session is gone: reconnecting would only be refused (or be someone else).
+      this._closedForGood = true;
+      this.emit("signed-out", { code, reason });
+      this.emit("closed", { code, reason });
+      return;
+    }
     if (!this.options.shouldReconnect({ code, reason })) {
       this._closedForGood = true;
       this.emit("closed", { code, reason });

@@ -21,7 +21,6 @@ import os
 import re
 import secrets
 import string
-import threading
 import time
 import unicodedata
 from typing import Any
@@ -35,9 +34,9 @@ __all__ = [
     "MAX_MESSAGE",
     "MAX_NICK",
     "ChatSocket",
-    "RateLimiter",
     "Root",
     "app_config",
+    "hub_config",
     "make_application",
     "session_config",
 ]
@@ -50,9 +49,10 @@ MAX_NICK = 24
 MAX_MESSAGE = 500
 #: Rooms that exist without being created.
 DEFAULT_ROOMS = ("lobby", "random")
-#: Messages a user may send in RATE_WINDOW seconds (room creations count too).
+#: Messages a user may send to rooms in RATE_WINDOW seconds, whatever the number of
+#: the user's sockets (room creations have a budget of their own, as large).
 RATE_LIMIT = 5
-RATE_WINDOW = 10.0
+RATE_WINDOW = 10
 
 _ROOM_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,31}\Z")
 
@@ -80,39 +80,10 @@ def clean_nick(raw: Any) -> str:
     return nick
 
 
-class RateLimiter:
-    """At most ``limit`` events in any ``window`` seconds per key (a sliding log).
-
-    Per process: with several workers each counts its own sockets' messages, which is
-    what a flood-guard needs (a user's socket lives in one worker).
-    """
-
-    def __init__(self, limit: int = RATE_LIMIT, window: float = RATE_WINDOW) -> None:
-        self.limit = limit
-        self.window = window
-        self._events: dict[str, list[float]] = {}
-        self._lock = threading.Lock()
-
-    def hit(self, key: str) -> float:
-        """Count one event for ``key``: 0 if allowed, else seconds until the next is."""
-        now = time.monotonic()
-        with self._lock:
-            recent = [t for t in self._events.get(key, ()) if now - t < self.window]
-            if len(recent) >= self.limit:
-                self._events[key] = recent
-                return self.window - (now - recent[0])
-            recent.append(now)
-            self._events[key] = recent
-            if len(self._events) > 10_000:  # forget idle users now and then
-                self._events = {k: v for k, v in self._events.items() if now - v[-1] < self.window}
-            return 0.0
-
-
 class ChatSocket(ChannelSocket):
     """The chat's socket: who may join and say what, and how members show."""
 
     history_limit = 100  # the room list is the "rooms" channel's history
-    limiter = RateLimiter()
 
     @property
     def nick(self) -> str | None:
@@ -127,7 +98,8 @@ class ChatSocket(ChannelSocket):
             self.close(4401, "log in first")
 
     def can_join(self, channel: str) -> bool:
-        """The room list, and rooms with a valid name."""
+        """The room list, and rooms with a valid name (the namespaces of
+        :func:`hub_config` already require a signed-in user)."""
         if self.nick is None:
             return False
         return channel == "rooms" or (channel.startswith("room:") and bool(_ROOM_RE.match(channel[5:])))
@@ -137,7 +109,8 @@ class ChatSocket(ChannelSocket):
         return {"nick": self.nick} if channel.startswith("room:") else None
 
     def can_publish(self, channel: str, data: Any) -> bool:
-        """Messages in rooms and room creations, within the limits."""
+        """Messages in rooms and room creations, within the limits (the rate limit
+        is the hub policy's ``publish_rate``, per user, see :func:`hub_config`)."""
         if not self.can_join(channel):
             return False
         if channel == "rooms":
@@ -156,12 +129,6 @@ class ChatSocket(ChannelSocket):
                 raise ChannelError(
                     f"Messages are at most {MAX_MESSAGE} characters (yours has {len(data)}).", code="too-long"
                 )
-        wait = self.limiter.hit(str(self.session.get("uid") or self.session.id))
-        if wait:
-            raise ChannelError(
-                f"Slow down: at most {RATE_LIMIT} messages in {RATE_WINDOW:g} seconds. Try again in {wait:.0f} s.",
-                code="rate-limited",
-            )
         return True
 
     def prepare_publish(self, channel: str, data: Any) -> Any:
@@ -243,6 +210,26 @@ def session_config(broker: str | None) -> dict[str, Any]:
     return {"tools.sessions.storage_class": "ram"}
 
 
+def hub_config() -> dict[str, Any]:
+    """The chat's global hub keys: who may do what on its channels.
+
+    The user is the session's ``uid`` (a fresh one per login). Rooms and the room list
+    are for signed-in users, who may publish to them at ``RATE_LIMIT`` messages per
+    ``RATE_WINDOW`` seconds per user -- counted across that user's sockets, so more
+    tabs or logins do not buy more messages. The room list has no presence. Every
+    other channel is refused to clients: nobody may join it.
+    """
+    rate = f"{RATE_LIMIT}/{RATE_WINDOW}s"
+    return {
+        "hub.policy.user_key": "uid",
+        "hub.namespaces": {
+            "rooms": {"join": "signed-in", "publish": True, "presence": False, "publish_rate": rate},
+            "room:*": {"join": "signed-in", "publish": True, "publish_rate": rate, "join_rate": "20/s"},
+            "*": {"join": "nobody"},
+        },
+    }
+
+
 def app_config(broker: str | None = None) -> dict[str, dict[str, Any]]:
     """The application config (``broker``: the hub's broker URL, None for memory)."""
     return {
@@ -269,6 +256,7 @@ def make_application() -> rtserver.Application:
     The broker is known only once the config is complete (``rtserver run ... --broker``
     sets it after importing the app), so the session store is chosen on engine start.
     """
+    rtserver.config.update(hub_config())
     app = rtserver.Application(Root(), "", app_config(None))
 
     def follow_broker() -> None:

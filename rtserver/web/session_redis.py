@@ -99,6 +99,13 @@ class RedisSession(SessionStore):
     def exists(self, id: str) -> bool:
         return bool(self.client.exists(self._key(id)))
 
+    def expires_at(self, id: str) -> float | None:
+        """From the key's TTL (one PTTL round trip); None when the key is gone."""
+        ttl_ms = int(self.client.pttl(self._key(id)))
+        if ttl_ms == -1:  # no TTL: written by something else; ask again in a minute
+            return time.time() + 60.0
+        return time.time() + ttl_ms / 1000 if ttl_ms > 0 else None
+
     def acquire_lock(self, id: str, timeout: float) -> Any:
         # Greenlets of this process queue on a local lock first: only one of them polls
         # Redis at a time.

@@ -38,8 +38,19 @@ request first touches it, until it is saved; ``early`` locks it before the handl
 ``explicit`` never locks unless the handler calls ``acquire_lock()``. A request waiting
 longer than ``lock_timeout`` seconds for the lock is answered 503.
 
-WebSocket handlers get their session from :func:`load_session_for_handshake`: loaded
-once, not locked; ``session.save()`` or ``with session.locked(): ...`` write to it.
+WebSocket handlers get their session from :func:`load_session_for_handshake`: not
+locked; ``session.save()`` or ``with session.locked(): ...`` write to it. A socket's
+session follows the pages: each read reloads it from the store (unless the socket has
+unsaved writes or holds the lock), so it never sees data older than at its last read.
+
+The end of a session reaches its sockets: :meth:`Session.delete` (logout,
+``tools.sessions.expire()``) and :meth:`Session.regenerate` (for the old id) call
+every listener registered with :func:`add_end_listener` with ``(id, reason)``;
+the WebSocket layer registers one at engine start, which tells the sockets of that id
+in every process (``rtserver.WebSocket.session_ended``). Expiry is found by the store's
+:meth:`SessionStore.expires_at`. Once ended, a socket's session reads as empty and
+its ``save()`` / ``locked()`` raise :class:`~rtserver.errors.SessionEnded`: a stale
+socket never writes a dead session back.
 """
 
 from __future__ import annotations
@@ -55,11 +66,11 @@ import re
 import secrets
 import threading
 import time
-from collections.abc import Callable, Iterator, MutableMapping
+from collections.abc import Callable, ItemsView, Iterator, MutableMapping, ValuesView
 from typing import TYPE_CHECKING, Any
 
 from ..bus.plugins import Monitor
-from ..errors import ConfigError, HTTPError, RTServerError, SessionLockTimeout
+from ..errors import ConfigError, HTTPError, RTServerError, SessionEnded, SessionLockTimeout
 from .builtin_tools import tools
 from .context import Proxy, current_request, current_response
 from .tools import Tool
@@ -82,9 +93,12 @@ __all__ = [
     "SessionStoreFull",
     "SessionSweeper",
     "SessionTool",
+    "add_end_listener",
+    "announce_end",
     "current_session",
     "generate_id",
     "load_session_for_handshake",
+    "remove_end_listener",
     "session",
     "valid_id",
 ]
@@ -134,6 +148,39 @@ def valid_id(value: Any) -> bool:
 def _short(sid: str | None) -> str:
     """Enough of an id to tell sessions apart in a log; ids are secrets."""
     return f"{sid[:8]}..." if sid else "-"
+
+
+# ---------------------------------------------------------------------------
+# The end of a session: a seam for the layers above (the WebSocket layer)
+
+#: Why a session ended, as given to the listeners and to ``WebSocket.session_ended``.
+ENDED_LOGOUT = "logout"  # Session.delete(): tools.sessions.expire(), a logout page
+ENDED_REGENERATED = "regenerated"  # Session.regenerate(): the old id is dead
+ENDED_EXPIRED = "expired"  # the store no longer holds it (timeout, or deleted elsewhere)
+
+_end_listeners: list[Callable[[str, str], None]] = []
+
+
+def add_end_listener(listener: Callable[[str, str], None]) -> None:
+    """Call ``listener(id, reason)`` whenever a session of this process ends
+    (``reason``: ``'logout'`` or ``'regenerated'``); registering twice is harmless."""
+    if listener not in _end_listeners:
+        _end_listeners.append(listener)
+
+
+def remove_end_listener(listener: Callable[[str, str], None]) -> None:
+    """Undo :func:`add_end_listener` (no error when it was not registered)."""
+    with contextlib.suppress(ValueError):
+        _end_listeners.remove(listener)
+
+
+def announce_end(sid: str, reason: str) -> None:
+    """Tell every listener that session ``sid`` ended; a failing listener is logged."""
+    for listener in list(_end_listeners):
+        try:
+            listener(sid, reason)
+        except Exception:
+            log.error("Error in a session-ended listener for session %s", _short(sid), exc_info=True)
 
 
 # ---------------------------------------------------------------------------
@@ -209,6 +256,9 @@ class SessionStore:
     and, when the defaults do not fit:
 
     * ``exists(id)`` -> whether a live session has this id (default: ``load``);
+    * ``expires_at(id)`` -> the Unix time the session expires, None when it is not
+      stored (default: ``exists`` asked again every second; sockets use it to learn
+      that their session expired);
     * ``count()`` -> how many sessions are stored (default None: unknown, so
       ``max_sessions`` is not enforced);
     * ``acquire_lock(id, timeout)`` -> a handle; raise :class:`SessionLockTimeout` when
@@ -269,6 +319,12 @@ class SessionStore:
     def exists(self, id: str) -> bool:
         """Whether a live (stored, unexpired) session has this id."""
         return self.load(id) is not None
+
+    def expires_at(self, id: str) -> float | None:
+        """The Unix time session ``id`` expires (if not saved again), or None when the
+        store does not hold it. The default cannot tell: it answers one second from
+        now for a live session, so that a watcher asks again then."""
+        return time.time() + 1.0 if self.exists(id) else None
 
     def count(self) -> int | None:
         """How many sessions the store holds (None: it cannot tell cheaply)."""
@@ -341,6 +397,10 @@ class RamSession(SessionStore):
     def exists(self, id: str) -> bool:
         item = self._cache.get(id)
         return item is not None and item[1] > time.time()
+
+    def expires_at(self, id: str) -> float | None:
+        item = self._cache.get(id)
+        return item[1] if item is not None and item[1] > time.time() else None
 
     def clean_up(self) -> None:
         now = time.time()
@@ -427,6 +487,10 @@ class FileSession(SessionStore):
         if item is None or item[1] <= time.time():
             return None
         return item[0]
+
+    def expires_at(self, id: str) -> float | None:
+        item = self._read(self._path(id))
+        return item[1] if item is not None and item[1] > time.time() else None
 
     def save(self, id: str, data: dict[str, Any], expires: float) -> None:
         path = self._path(id)
@@ -727,6 +791,11 @@ class Session(MutableMapping[str, Any]):
         self._announced = False  # the cookie of a not yet stored session went out
         self._on_new_id: Callable[[str], None] | None = None  # sends the cookie
         self._hookmap: Any = None
+        # A socket's session (load_session_for_handshake): reloaded at each read, never
+        # written back once its id is no longer stored.
+        self._live = False
+        self._dirty = False  # written since the last load or save (live sessions)
+        self._ended: str | None = None  # why the session ended (live sessions)
 
     @property
     def stored(self) -> bool:
@@ -750,6 +819,38 @@ class Session(MutableMapping[str, Any]):
             self.load()
         return self._data
 
+    def _read(self) -> dict[str, Any]:
+        """The data for a read. A socket's session is reloaded first (one store read),
+        so it sees what pages saved since; not while it has unsaved writes or holds the
+        lock (then its own data is the newest). Found gone, it has ended."""
+        if self._live and self._ended is None and not self._dirty and not self._locked and self._stored:
+            data = self.store.load(self.id)
+            if data is None:
+                self.mark_ended(ENDED_EXPIRED)
+                announce_end(self.id, ENDED_EXPIRED)
+            else:
+                self._data = data
+        return self._ensure_loaded()
+
+    @property
+    def ended(self) -> str | None:
+        """Why a socket's session ended (``'logout'``, ``'regenerated'``, ``'expired'``),
+        or None while it lives."""
+        return self._ended
+
+    def mark_ended(self, reason: str) -> None:
+        """Record that this (socket's) session ended: it reads as empty from now on, and
+        :meth:`save` / :meth:`locked` raise :class:`SessionEnded`."""
+        if self._ended is None:
+            self._ended = reason
+        self._data = {}
+        self.loaded = True
+        self._dirty = False
+
+    def _check_not_ended(self) -> None:
+        if self._ended is not None:
+            raise SessionEnded(f"session {_short(self.id)} ended ({self._ended}): it is not saved")
+
     def save(self) -> None:
         """Write the data to the store, then release the lock.
 
@@ -763,6 +864,7 @@ class Session(MutableMapping[str, Any]):
         read-modify-write from a socket handler, use ``with session.locked():``.
         """
         try:
+            self._check_not_ended()
             if not self.loaded or self._deleted or self._lock_failed:
                 return
             first = not self.stored
@@ -773,7 +875,13 @@ class Session(MutableMapping[str, Any]):
                     self._refuse_full()
             if not self._locked:
                 self.acquire_lock()
+            if self._live and not first and not self.store.exists(self.id):
+                # Deleted or expired since the socket opened: writing the socket's
+                # snapshot back would log the old cookie in again.
+                self.mark_ended(ENDED_EXPIRED)
+                self._check_not_ended()
             self.store.save(self.id, self._data, time.time() + self.timeout * 60)
+            self._dirty = False
             if first:
                 self._stored = True
                 if self._on_new_id is not None and not self._announced:
@@ -789,18 +897,30 @@ class Session(MutableMapping[str, Any]):
         raise SessionStoreFull(f"the session store holds max_sessions={self.store.max_sessions} sessions")
 
     def delete(self) -> None:
-        """Delete the session from the store and empty it (logout)."""
+        """Delete the session from the store and empty it (logout).
+
+        The end is announced (:func:`add_end_listener`): the sockets opened with this
+        session, in every process, are told (``WebSocket.session_ended``).
+        """
+        was_stored = self.stored
         self.store.delete(self.id)
         self._data = {}
         self.loaded = True
         self._deleted = True
         self._stored = False
+        self._dirty = False
+        if was_stored:
+            announce_end(self.id, ENDED_LOGOUT)
 
     def regenerate(self) -> None:
         """Give the session a new id, keeping its data; the old id stops working.
 
         Call it at every change of privilege (login, logout, sudo): an id an attacker
         planted or saw before then is worthless after (session fixation).
+
+        The sockets opened with the old id are told their session ended (reason
+        ``'regenerated'``): their cookie is dead, so they could never reconnect as this
+        user; the page that called this keeps the data under the new id.
         """
         self._ensure_loaded()
         self._data.pop("_csrf_token", None)  # a new CSRF token with the new identity
@@ -820,6 +940,8 @@ class Session(MutableMapping[str, Any]):
         finally:
             if really_locked:
                 self.store.release_lock(old, old_handle)
+        if stored:
+            announce_end(old, ENDED_REGENERATED)
         # A stored session is saved under its new id whatever it holds: send the new
         # cookie now. A new visitor's session gets its cookie when it is first stored.
         if stored and self._on_new_id is not None:
@@ -879,14 +1001,22 @@ class Session(MutableMapping[str, Any]):
 
         What a socket handler changes inside the block is saved (and seen by the next
         page request) when it ends without an exception; the lock is released either way.
+        A socket whose session ended (deleted, expired, regenerated) gets
+        :class:`SessionEnded` instead of the block.
         """
         if self._locked:
             yield self
             return
+        self._check_not_ended()
         self.acquire_lock()
         try:
             if self.stored:  # a session no store holds has only what is in memory
-                self._data = self.store.load(self.id) or {}
+                data = self.store.load(self.id)
+                if data is None and self._live:
+                    self.mark_ended(ENDED_EXPIRED)
+                    self._check_not_ended()
+                self._data = data or {}
+            self._dirty = False
             self.loaded = True
             self._deleted = False
             yield self
@@ -898,25 +1028,35 @@ class Session(MutableMapping[str, Any]):
     # -- the mapping ---------------------------------------------------------
 
     def __getitem__(self, key: str) -> Any:
-        return self._ensure_loaded()[key]
+        return self._read()[key]
 
     def __setitem__(self, key: str, value: Any) -> None:
         if not isinstance(key, str):
             raise TypeError(f"session keys must be str (JSON object keys), not {type(key).__name__}")
         self._ensure_loaded()[key] = value
         self._deleted = False
+        self._dirty = True
 
     def __delitem__(self, key: str) -> None:
         del self._ensure_loaded()[key]
+        self._dirty = True
 
     def __iter__(self) -> Iterator[str]:
-        return iter(list(self._ensure_loaded()))
+        return iter(list(self._read()))
 
     def __len__(self) -> int:
-        return len(self._ensure_loaded())
+        return len(self._read())
 
     def __contains__(self, key: object) -> bool:
-        return key in self._ensure_loaded()
+        return key in self._read()
+
+    def items(self) -> ItemsView[str, Any]:
+        """The items, read once (one reload for a socket's session)."""
+        return dict(self._read()).items()
+
+    def values(self) -> ValuesView[Any]:
+        """The values, read once (one reload for a socket's session)."""
+        return dict(self._read()).values()
 
     def __repr__(self) -> str:
         return f"<Session {_short(self.id)} loaded={self.loaded} locked={self._locked}>"
@@ -1222,7 +1362,9 @@ def load_session_for_handshake(request: Request) -> Session:
     every page of the user). When the session tool already ran for this request, its
     session is saved and handed over. Write with ``session.save()`` (last writer wins)
     or ``with session.locked(): ...`` (reload, change, save under the lock); either way
-    the next page request of the user sees the change. For a visitor without a stored
+    the next page request of the user sees the change. Reads reload what pages saved
+    since; once the session is deleted, expired or regenerated, ``save()`` and
+    ``locked()`` raise :class:`SessionEnded`. For a visitor without a stored
     session the 101 response carries the new session's cookie (nothing is stored until
     the socket writes), so that what the socket writes is the user's session too.
     """
@@ -1262,6 +1404,7 @@ def load_session_for_handshake(request: Request) -> Session:
     )
     socket_session._data = (sess.store.load(sess.id) or {}) if stored else {}
     socket_session.loaded = True
+    socket_session._live = True
     socket_session.missing = sess.missing
     return socket_session
 

@@ -57,16 +57,19 @@ server → client
 * ``{"op": "left", "channel": c}``, ``{"op": "ok", "channel": c, "id": id}`` (a publish),
   ``{"op": "presence", "channel": c, "members": {...}}``, ``{"op": "pong"}``
 * ``{"op": "error", "error": code, "message": text, "channel": c}``; ``code`` is
-  ``bad-request``, ``forbidden``, ``not-joined``, ``too-many-channels`` (this
+  ``bad-request``, ``forbidden`` (the hub's policy or a hook refused), ``rate-limited``
+  (the policy's join or publish rate; the reply has ``"retry_after": ms``), ``not-joined``, ``too-many-channels`` (this
   socket's :attr:`ChannelSocket.max_channels`, or the process's ``hub.max_channels``),
   ``unavailable`` (the broker is down: try again) or what a hook raised with
   :class:`ChannelError`. The message is meant for people and never holds exception
   details.
 
 Security: the upgrade's same-origin check (on by default) is what makes
-``self.session`` trustworthy here; everything a client sends is validated by the
-hooks, which deny nothing by default except malformed requests -- override
-:meth:`can_join` and :meth:`can_publish` in any real application.
+``self.session`` trustworthy here. Every join, leave, publish, presence and history
+request passes the hub's channel policy (:mod:`rtserver.websocket.policy`: the
+``hub.namespaces`` config, by default signed-in users may join and clients may not
+publish), then the hooks :meth:`can_join` (joins, presence and history) and
+:meth:`can_publish`, which add the application's own rules.
 """
 
 from __future__ import annotations
@@ -79,6 +82,7 @@ from ..errors import BrokerUnavailable, HubError
 from ..web import jsonlimits
 from .handler import WebSocket
 from .hub import TooManyChannels
+from .policy import JOIN, ChannelForbidden, RateLimited
 
 __all__ = ["CLIENT_PATH", "ChannelError", "ChannelSocket", "client_config", "client_path"]
 
@@ -155,17 +159,20 @@ class ChannelSocket(WebSocket):
     # -- hooks ---------------------------------------------------------------------------
 
     def can_join(self, channel: str) -> bool:
-        """Whether this socket may join ``channel``; raise :class:`ChannelError` to say why not.
+        """Whether this socket may join ``channel`` (and read its presence); raise
+        :class:`ChannelError` to say why not.
 
-        The default allows every channel: restrict it in a real application.
+        Asked in addition to the hub's policy (``hub.namespaces``), which decides
+        first; the default adds no restriction.
         """
         return True
 
     def can_publish(self, channel: str, data: Any) -> bool:
         """Whether this socket may publish ``data`` to ``channel`` (joined already).
 
-        Raise :class:`ChannelError` for a message the user should see (too long,
-        too fast). The default allows everything.
+        Raise :class:`ChannelError` for a message the user should see (too long).
+        Asked before the hub's policy (which must allow client publishes on the
+        channel, and counts its ``publish_rate``); the default adds no restriction.
         """
         return True
 
@@ -219,11 +226,18 @@ class ChannelSocket(WebSocket):
             elif op == "publish":
                 self._publish(ref, channel, request.get("data"))
             elif op == "presence":
-                self._reply(ref, {"op": "presence", "channel": channel, "members": self._hub().presence(channel)})
+                if not self.can_join(channel):
+                    raise ChannelError("You may not see who is in this channel.")
+                members = self._hub().presence(channel, ws=self)
+                self._reply(ref, {"op": "presence", "channel": channel, "members": members})
             else:
                 self._error(ref, channel, "bad-request", f"Unknown op {str(op)[:40]!r}.")
         except ChannelError as exc:
             self._error(ref, channel, exc.code, exc.message)
+        except RateLimited as exc:
+            self._error(ref, channel, exc.reason, str(exc), retry_after=exc.retry_after)
+        except ChannelForbidden as exc:
+            self._error(ref, channel, exc.reason, str(exc))
         except BrokerUnavailable:
             self._error(ref, channel, "unavailable", "The message service is unavailable; try again shortly.")
         except HubError as exc:
@@ -236,19 +250,21 @@ class ChannelSocket(WebSocket):
             return
         if len(self.channels) >= self.max_channels:
             raise ChannelError(f"At most {self.max_channels} channels at once.", code="too-many-channels")
-        if not self.can_join(channel):
-            raise ChannelError("You may not join this channel.")
-        self._check_capacity(channel)  # before any history goes out
         since = request.get("since")
         if since is not None and (isinstance(since, bool) or not isinstance(since, int) or not 0 <= since <= _MAX_ID):
             raise ChannelError("'since' is a message id (a whole number from 0 to 2**63-1).", code="bad-request")
+        wanted = request.get("history", 0)
+        if since is None and (isinstance(wanted, bool) or not isinstance(wanted, int) or wanted < 0):
+            raise ChannelError("'history' is a number of messages.", code="bad-request")
+        if not self.can_join(channel):
+            raise ChannelError("You may not join this channel.")
+        # The policy decides (and counts the join's rate) before any history goes out.
+        self._hub().authorize(self, channel, JOIN)
+        self._check_capacity(channel)
         if since is None:
-            wanted = request.get("history", 0)
-            if isinstance(wanted, bool) or not isinstance(wanted, int) or wanted < 0:
-                raise ChannelError("'history' is a number of messages.", code="bad-request")
             # Send the newest ``wanted`` data messages, then resume right after the
             # newest kept id: nothing published meanwhile is lost or doubled.
-            kept = self._hub().history(channel)
+            kept = self._hub().history(channel, ws=self)
             since = int(kept[-1]["id"]) if kept else 0
             count = min(wanted, self.history_limit)
             recent = [m for m in kept if "data" in m and not isinstance(m["data"], bytes)]
@@ -290,17 +306,18 @@ class ChannelSocket(WebSocket):
 
     def _presence(self, channel: str) -> dict[str, Any]:
         try:
-            return self._hub().presence(channel)
-        except BrokerUnavailable:
-            return {}
+            return self._hub().presence(channel, ws=self)
+        except (BrokerUnavailable, ChannelForbidden):
+            return {}  # a namespace without (readable) presence shows none
 
     def _reply(self, ref: Any, reply: dict[str, Any]) -> None:
         if ref is not None:
             reply["ref"] = ref
         self.send_json(reply)
 
-    def _error(self, ref: Any, channel: str | None, code: str, text: str) -> None:
+    def _error(self, ref: Any, channel: str | None, code: str, text: str, **extra: Any) -> None:
         reply: dict[str, Any] = {"op": "error", "error": code, "message": text}
         if channel is not None:
             reply["channel"] = channel
+        reply.update(extra)
         self._reply(ref, reply)

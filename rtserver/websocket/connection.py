@@ -853,9 +853,22 @@ class _Connection:
             return False
 
     def callback_failed(self, exc: Exception, method: Callable[..., Any]) -> None:
-        """Log, tell ``unhandled_error``, close 1011 (RFC 6455 §7.4.1)."""
+        """Log, tell ``unhandled_error``, close 1011 (RFC 6455 §7.4.1).
+
+        An exception that names its own close code (``ws_close_code``: the hub's
+        policy refusals, 1008) closes with it, with its message as the reason, and is
+        logged at debug: it is the app's rule, not a bug.
+        """
         handler = self.handler
         name = getattr(method, "__name__", "callback")
+        code = getattr(exc, "ws_close_code", None)
+        if code is not None:
+            log.debug("WebSocket %s: %s() refused: %s", self._peer(), name, exc)
+            self.stop_delivery = True
+            self.parts = self.decoder = self.partial = None
+            self.close(int(code), str(exc).encode()[:120].decode("utf-8", "ignore"))  # ≤ 123 bytes
+            handler.server_terminated = True
+            return
         log.error("WebSocket %s: %s() raised", self._peer(), name, exc_info=exc)
         if type(handler).unhandled_error is not _Ws4pyWebSocket.unhandled_error:
             try:

@@ -12,6 +12,7 @@ from ws4py.websocket import WebSocket as _Ws4pyWebSocket
 
 from ..web.httputil import cookie_jar
 from .hub import HubClientMixin
+from .plugin import SESSION_ENDED_CODE
 
 __all__ = ["WebSocket"]
 
@@ -47,8 +48,25 @@ class WebSocket(HubClientMixin, _Ws4pyWebSocket):
     (1 MiB); validate what you receive, it is client-controlled.
     """
 
-    #: The session of the page that opened the socket (set by the session tool).
+    #: The session of the page that opened the socket (set by the session tool). Each
+    #: read reloads what pages saved since; once the session ended (logout, expiry,
+    #: ``regenerate()``) it reads as empty and ``save()`` / ``locked()`` raise
+    #: :class:`~rtserver.errors.SessionEnded`, and :meth:`session_ended` is called.
     session: Any = None
+
+    def session_ended(self, reason: str) -> None:
+        """The session this socket was opened with ended; called once, in a greenlet of
+        its own, within a second (two across processes sharing Redis).
+
+        ``reason`` is ``'logout'`` (``session.delete()``, ``tools.sessions.expire()``),
+        ``'expired'`` or ``'regenerated'`` (a page gave the session a new id: the page
+        keeps the user, but this socket's cookie is dead, so it is told like a logout).
+        The default closes the socket with 4401 "session ended", which rtserver.js
+        turns into a "signed-out" event without reconnecting. Override it to do
+        something else (e.g. keep the socket as an anonymous one). A member leaves
+        presence when its socket closes.
+        """
+        self.close(SESSION_ENDED_CODE, "session ended")
 
     @property
     def _handshake(self) -> Any:

@@ -77,6 +77,7 @@ import itertools
 import json
 import logging
 import os
+import time
 from typing import Any
 
 import gevent
@@ -97,8 +98,9 @@ from ..config import (
 )
 from ..errors import BrokerUnavailable, HubError
 from .brokers import BINARY, TEXT, Broker, BrokerOptions, Entry, create_broker, json_text
+from .policy import HISTORY, JOIN, LEAVE, PRESENCE, PUBLISH, ChannelForbidden, Policy, RateLimited, check_namespaces
 
-__all__ = ["Hub", "HubClientMixin", "HubPlugin", "TooManyChannels", "hub"]
+__all__ = ["ChannelForbidden", "Hub", "HubClientMixin", "HubPlugin", "RateLimited", "TooManyChannels", "hub"]
 
 log = logging.getLogger("rtserver.hub")
 
@@ -218,8 +220,30 @@ declare(
     scope="global",
 )
 
+# The channel policy (rtserver.websocket.policy): {} declares no namespace, so every
+# channel gets the safe default -- signed-in users may join, clients may not publish.
+declare(
+    "hub.namespaces",
+    {},
+    "Channel namespaces: {pattern: rules}, e.g. {'room:*': {'join': 'signed-in', 'publish': True, 'publish_rate': '5/s'}, 'user:{user}': {'join': 'bound'}}. Rules: join ('anyone', 'signed-in', 'bound', 'nobody'), publish, presence (bools), presence_read ('joiners', 'members'), join_rate and publish_rate ('N/s', 'N/m', 'N/h', 'N/10s'; per connection and per user). Unmatched channels: signed-in users may join, clients may not publish.",
+    check_namespaces,
+    scope="global",
+)
+# "user": the key most apps store the signed-in user under; the chat uses "uid".
+declare(
+    "hub.policy.user_key",
+    "user",
+    "The session key naming a socket's user for the channel policy (absent or empty: not signed in).",
+    string,
+    scope="global",
+)
+
 #: The channel name ``broadcast`` uses (reserved: cannot be subscribed to).
 BROADCAST_CHANNEL = "__broadcast__"
+
+
+#: How long a join :meth:`Hub.authorize` allowed stays granted for the next subscribe.
+_GRANT_SECONDS = 5.0
 
 
 class TooManyChannels(HubError):
@@ -428,6 +452,10 @@ class Hub:
         self._presence_ttl = 20.0
         self._max_channels = 10_000
         self._backlogged = False
+        #: Who may do what on a channel, for every socket (set your own before start).
+        self.policy: Policy = Policy()
+        #: Joins a caller already authorized (:meth:`authorize`), by (socket, channel).
+        self._granted: dict[tuple[int, str], float] = {}
 
     # -- life cycle ---------------------------------------------------------------------
 
@@ -441,6 +469,7 @@ class Hub:
         self._announce = bool(get("hub.announce_presence"))
         self._presence_ttl = float(get("hub.presence_ttl"))
         self._max_channels = int(get("hub.max_channels"))
+        self.policy.configure(self.config)
         options = BrokerOptions(
             history_size=int(get("hub.history_size")),
             history_ttl=float(get("hub.history_ttl")),
@@ -518,6 +547,15 @@ class Hub:
         sub = self._subscribers.get(id(ws))
         if sub is not None and channel in sub.channels:
             return
+        granted = self._granted.pop((id(ws), channel), None)
+        if granted is not None and time.monotonic() - granted < _GRANT_SECONDS:
+            namespace = self.policy.namespace(channel)[0]
+        else:
+            namespace = self.policy.check(ws, channel, JOIN)
+        if since is not None:
+            self.policy.check(ws, channel, HISTORY)
+        if not namespace.presence:
+            member = None
         self.check_capacity(channel)
         if sub is None:
             sub = self._subscribers[id(ws)] = _Subscriber(self, ws)
@@ -544,6 +582,17 @@ class Hub:
         self._flush_pending(sub, m, channel)
         if m.announce and member_id is not None:
             self._publish(channel, "presence", {"action": "join", "member": member_id, "info": member})
+
+    def authorize(self, ws: Any, channel: str, operation: str = JOIN) -> None:
+        """Ask the policy now whether ``ws`` may ``operation`` on ``channel`` (raises
+        :class:`ChannelForbidden`). An allowed join is not asked again by the next
+        :meth:`subscribe` of ``ws`` to ``channel`` (within a few seconds): a caller
+        that sends history before subscribing decides first, and counts once."""
+        self.policy.check(ws, channel, operation, joined=channel in self.channels_of(ws))
+        if operation == JOIN:
+            if len(self._granted) > 10_000:
+                self._granted.clear()  # stale grants only cost a second check
+            self._granted[(id(ws), channel)] = time.monotonic()
 
     def check_capacity(self, channel: str) -> None:
         """Raise :class:`TooManyChannels` if subscribing to ``channel`` would make one
@@ -596,6 +645,7 @@ class Hub:
 
     def unsubscribe(self, ws: Any, channel: str) -> None:
         """Unsubscribe ``ws`` from ``channel`` (no error if it was not subscribed)."""
+        self.policy.check(ws, channel, LEAVE)
         sub = self._subscribers.get(id(ws))
         if sub is not None and channel in sub.channels:
             self._remove(sub, channel, announce_leave=True)
@@ -605,6 +655,7 @@ class Hub:
         sub = self._subscribers.get(id(ws))
         if sub is not None:
             self._drop(sub)
+        self.policy.forget(ws)
 
     def channels_of(self, ws: Any) -> list[str]:
         """The channels ``ws`` is subscribed to."""
@@ -669,14 +720,19 @@ class Hub:
 
     # -- publishing -------------------------------------------------------------------------
 
-    def publish(self, channel: str, data: Any) -> int:
+    def publish(self, channel: str, data: Any, *, ws: Any = None) -> int:
         """Publish ``data`` (str, bytes or JSON-able) to ``channel``; return its id.
 
+        ``ws``: the socket this is published for, which the policy must allow
+        (:class:`ChannelForbidden`, :class:`RateLimited`); None for server code.
         Returns once the broker has the message (never waiting for subscribers).
         Raises :class:`HubError` if ``data`` cannot be encoded and
         :class:`BrokerUnavailable` if the broker cannot be reached (nothing sent).
         """
         _check_channel(channel)
+        if ws is not None:
+            self._broker()  # started, so the policy has read its config
+            self.policy.check(ws, channel, PUBLISH, joined=channel in self.channels_of(ws))
         return self._publish(channel, "data", data)
 
     def _publish(self, channel: str, field: str, data: Any) -> int:
@@ -821,17 +877,27 @@ class Hub:
 
     # -- presence and history ---------------------------------------------------------------
 
-    def presence(self, channel: str) -> dict[str, Any]:
-        """``{member_id: info}`` of the members of ``channel`` (in every process)."""
-        return self._broker().presence(channel)
+    def presence(self, channel: str, *, ws: Any = None) -> dict[str, Any]:
+        """``{member_id: info}`` of the members of ``channel`` (in every process).
 
-    def history(self, channel: str, since: int | None = None) -> list[dict[str, Any]]:
+        ``ws``: the socket asking, which the policy must allow; None for server code.
+        """
+        broker = self._broker()
+        if ws is not None:
+            self.policy.check(ws, channel, PRESENCE, joined=channel in self.channels_of(ws))
+        return broker.presence(channel)
+
+    def history(self, channel: str, since: int | None = None, *, ws: Any = None) -> list[dict[str, Any]]:
         """The kept messages of ``channel`` after id ``since``, oldest first.
 
         Each is ``{"channel", "id", "data"}`` (or ``"presence"``) as on the wire;
-        bytes data comes back as bytes.
+        bytes data comes back as bytes. ``ws``: the socket asking, which the policy
+        must allow; None for server code.
         """
-        entries, _last = self._broker().history(channel, since)
+        broker = self._broker()
+        if ws is not None:
+            self.policy.check(ws, channel, HISTORY)
+        entries, _last = broker.history(channel, since)
         return [_decode(entry) for entry in entries]
 
     def _beat(self) -> None:
@@ -860,12 +926,13 @@ class Hub:
 
     def stats(self) -> dict[str, Any]:
         """Counters of this process: published, delivered, dropped_slow_consumers,
-        subscribers (sockets), channels (with local subscribers), broker, connected."""
+        refused (channel operations the policy refused), subscribers (sockets), channels (with local subscribers), broker, connected."""
         broker = self.broker
         return {
             "published": self._published,
             "delivered": self._delivered,
             "dropped_slow_consumers": self._dropped,
+            "refused": sum(self.policy.refused.values()),
             "subscribers": len(self._subscribers),
             "channels": len(self._channels),
             "broker": broker.name if broker is not None else None,
@@ -930,8 +997,9 @@ class HubClientMixin:
         self._hub().unsubscribe(self, channel)
 
     def publish(self, channel: str, data: Any) -> int:
-        """Publish ``data`` to ``channel`` (see :meth:`Hub.publish`); return its id."""
-        return self._hub().publish(channel, data)
+        """Publish ``data`` to ``channel`` for this socket, as the policy allows (see
+        :meth:`Hub.publish`); return its id."""
+        return self._hub().publish(channel, data, ws=self)
 
     @property
     def channels(self) -> list[str]:

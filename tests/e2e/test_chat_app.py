@@ -19,14 +19,14 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 
 import rtserver
-from examples.chat.app import MAX_MESSAGE, MAX_NICK, RATE_LIMIT, ChatSocket, RateLimiter, Root, app_config
+from examples.chat.app import MAX_MESSAGE, MAX_NICK, RATE_LIMIT, Root, app_config, hub_config
 from rtserver.testing import TestServer, serve
 
 
 @pytest.fixture
 def srv() -> Iterator[TestServer]:
-    ChatSocket.limiter = RateLimiter()  # a fresh budget per test
-    with serve(Root(), app_config()) as s:
+    # The hub's policy starts with the engine: a fresh rate budget per test.
+    with serve(Root(), app_config(), global_config=hub_config()) as s:
         yield s
 
 

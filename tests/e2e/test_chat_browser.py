@@ -275,3 +275,19 @@ def test_pages_resume_after_a_server_restart_without_losing_a_message(browser, r
         wait_presence(ada, ["ada", "bob"])
         shot(ada, "after-restart")
         assert ada.errors == [] and bob.errors == []
+
+
+def test_logout_in_one_tab_signs_out_the_other_tab_and_the_user_leaves_presence(browser):
+    with chat_server() as server, user(browser, server, "dan") as tab1, user(browser, server, "amy") as amy:
+        tab2 = tab1.context.new_page()  # a second tab of dan's browser: the same cookie
+        tab2.set_default_timeout(WAIT_MS)
+        tab2.goto(f"{server.url}/")
+        wait_online(tab2)
+        wait_presence(amy, ["amy", "dan"])
+        tab1.click("form.me button[type=submit]")  # "Log out"
+        tab1.wait_for_url(f"{server.url}/login")
+        # The other tab's socket is closed (4401): it goes to the login page, no reconnect.
+        tab2.wait_for_url(f"{server.url}/login", timeout=3_000)
+        wait_presence(amy, ["amy"])
+        shot(amy, "after-logout")
+        assert amy.errors == []

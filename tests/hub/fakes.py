@@ -100,10 +100,17 @@ def unframe(frame: bytes) -> tuple[int, bytes]:
     return frame[0] & 0x0F, _unframe(frame)
 
 
+#: Fake sockets have no session: these tests are about delivery, not the channel
+#: policy (tests/hub/test_policy.py), so every channel is open to them.
+OPEN = {"*": {"join": "anyone", "publish": True}}
+
+
 @contextlib.contextmanager
 def running_hub(**settings: Any) -> Iterator[Hub]:
-    """A started hub with its own bus and config (``hub_history_size=5`` style keys)."""
+    """A started hub with its own bus and config (``hub_history_size=5`` style keys;
+    ``namespaces`` defaults to :data:`OPEN`)."""
     config = Config()
+    settings.setdefault("namespaces", OPEN)
     config.update({"hub." + k: v for k, v in settings.items()})
     hub = Hub(Bus(), config=config)
     hub.start()

@@ -47,3 +47,6 @@ class Root:
 
 
 root = Root()
+
+# The sockets have no session; these processes test delivery, not the channel policy.
+rtserver.config.update({"hub.namespaces": {"*": {"join": "anyone", "publish": True}}})

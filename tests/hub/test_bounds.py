@@ -209,9 +209,13 @@ class Root:
     ws = Member
 
 
+#: Anonymous sockets in every channel: these tests are about bounds, not the policy.
+OPEN = {"hub.namespaces": {"*": {"join": "anyone", "publish": True}}}
+
+
 @pytest.fixture
 def srv() -> Iterator[TestServer]:
-    with serve(Root()) as s:
+    with serve(Root(), global_config=OPEN) as s:
         yield s
 
 
@@ -227,7 +231,7 @@ def ask(ws: Any, **request: Any) -> list[dict[str, Any]]:
 
 
 def test_the_protocol_answers_too_many_channels_before_sending_any_history() -> None:
-    with serve(Root(), global_config={"hub.max_channels": 2}) as srv:
+    with serve(Root(), global_config={"hub.max_channels": 2, **OPEN}) as srv:
         for i in range(3):
             rtserver.hub.publish("full-c", i)
         with srv.websocket_connect("/ws?nick=ann") as ann, srv.websocket_connect("/ws?nick=bob") as bob:

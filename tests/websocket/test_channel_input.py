@@ -23,7 +23,9 @@ def srv(request: pytest.FixtureRequest) -> Iterator[TestServer]:
     if request.param == "redis":
         redis = request.getfixturevalue("redis_server")
         config = {"global": {"hub.broker": redis.url}}
-    with serve(Root(), config) as s:
+    # Anonymous sockets may join (the default lets signed-in users only).
+    open_channels = {"hub.namespaces": {"*": {"join": "anyone", "publish": True}}}
+    with serve(Root(), config, global_config=open_channels) as s:
         yield s
 
 

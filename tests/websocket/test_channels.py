@@ -40,9 +40,14 @@ class Root:
     plain = ChannelSocket
 
 
+#: These tests are about the protocol and its hooks: every channel open to anonymous
+#: sockets (the policy's own refusals: tests/websocket/test_channel_policy.py).
+OPEN = {"hub.namespaces": {"*": {"join": "anyone", "publish": True}}}
+
+
 @pytest.fixture
 def srv() -> Iterator[TestServer]:
-    with serve(Root(), client_config()) as s:
+    with serve(Root(), client_config(), global_config=OPEN) as s:
         yield s
 
 

@@ -225,7 +225,8 @@ def test_hub_join_and_publish_from_a_page():
         def say(self, text):
             return str(rtserver.hub.publish("lobby", {"text": text}))
 
-    with serve(App()) as s:
+    # Anonymous sockets may join the lobby (the default lets signed-in users only).
+    with serve(App(), global_config={"hub.namespaces": {"lobby": {"join": "anyone"}}}) as s:
         with s.websocket_connect("/room") as a, s.websocket_connect("/room") as b:
             assert a.recv(timeout=5) == b.recv(timeout=5) == "joined"
             assert s.post("/say", {"text": "hi"})[0] == 200
@@ -266,3 +267,22 @@ def test_engine_stop_waits_at_most_its_close_timeout_for_silent_peers():
     assert 0.4 < stopped_in < 2.0
     assert closed_codes == [1006]  # dropped after the wait, without a closing handshake
     assert rtserver.engine.websocket.count == 0
+
+
+def test_a_policy_refusal_in_a_callback_closes_1008_not_1011(caplog):
+    """self.join() refused by the hub's policy (no signed-in user here) is the app's
+    rule, not a bug: close 1008 with the reason, nothing logged as an error."""
+
+    class Joiner(rtserver.WebSocket):
+        def opened(self):
+            self.join("members-only")
+
+    class App:
+        ws = Joiner
+
+    with serve(App()) as s, s.websocket_connect("/ws") as ws:
+        with pytest.raises(Exception) as closed:
+            ws.recv(timeout=5)
+        assert closed.value.rcvd.code == 1008
+        assert "may not join" in closed.value.rcvd.reason
+    assert not [r for r in caplog.records if r.levelname == "ERROR" and "opened" in r.getMessage()]

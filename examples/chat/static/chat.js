@@ -174,9 +174,10 @@ rt.on("open", () => setStatus("online", "Connected"));
 rt.on("reconnecting", ({ delay }) =>
   setStatus("offline", `Connection lost: reconnecting in ${Math.ceil(delay / 1000)} s…`),
 );
+// The session ended (a logout in another tab, expiry) or was never there: log in again.
+rt.on("signed-out", () => location.assign("/login"));
 rt.on("closed", ({ code }) => {
-  if (code === 4401) location.assign("/login"); // the session is gone: log in again
-  else setStatus("offline", "Disconnected. Reload the page to reconnect.");
+  if (code !== 4401) setStatus("offline", "Disconnected. Reload the page to reconnect.");
 });
 rt.on("error", (err) => showError(err.message));
 
