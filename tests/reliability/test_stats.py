@@ -42,7 +42,9 @@ class Root:
 
 # sample_interval 0: every read scans, so the figures below are those of the moment.
 CONFIG = {"/stats": {"tools.stats.on": True, "tools.stats.sample_interval": 0}, "/slow": {"response.timeout": 0.1}}
-GLOBAL = {"engine.timeout_monitor.frequency": 0.05}
+# The room socket joins anonymously (the default lets signed-in users only).
+OPEN_ROOM = {"hub.namespaces": {"room": {"join": "anyone"}}}
+GLOBAL = {"engine.timeout_monitor.frequency": 0.05, **OPEN_ROOM}
 
 
 def get_json(srv: Any, path: str = "/stats") -> dict[str, Any]:
@@ -165,7 +167,7 @@ def check_exposition(text: str) -> dict[str, str]:
 
 
 def test_prometheus_format() -> None:
-    with serve(Root(), CONFIG) as srv, srv.websocket_connect("/room") as ws:
+    with serve(Root(), CONFIG, global_config=OPEN_ROOM) as srv, srv.websocket_connect("/room") as ws:
         ws.send("x")
         status, headers, body = srv.get("/stats?format=prometheus")
         assert status == 200
@@ -211,7 +213,7 @@ def test_stats_config_is_checked() -> None:
 
 def test_handshake_counter_of_a_raw_upgrade() -> None:
     """A malformed key counts under its reason, whatever the client."""
-    with serve(Root(), CONFIG) as srv:
+    with serve(Root(), CONFIG, global_config=OPEN_ROOM) as srv:
         before = rtserver.engine.websocket.handshake_failures[400, "Sec-WebSocket-Key must be 16 bytes in base64"]
         with socket.create_connection((srv.host, srv.port), timeout=5) as sock:
             sock.sendall(
