@@ -41,6 +41,13 @@ class RedisSession(SessionStore):
     lock_expiry = 300.0
     #: Seconds between two attempts to take a busy lock.
     lock_poll = 0.01
+    #: Connections to Redis per process. Requests beyond it wait for a free one
+    #: (redis-py's own pool refuses past 100 since 8.0, which a thousand sockets
+    #: reading their sessions at once exceeded: 500s and 1011 closes). 64 keeps a
+    #: round trip's worth of work queued without flooding Redis's client table.
+    max_connections = 64
+    #: Seconds a request waits for a free connection before failing.
+    pool_timeout = 5.0
 
     def __init__(self, storage_path: str | None = None, url: str | None = None, **options: Any) -> None:
         try:
@@ -51,7 +58,10 @@ class RedisSession(SessionStore):
             ) from None
         super().__init__(storage_path, url or self.default_url, **options)
         self._lock_error = redis.exceptions.LockError
-        self.client = redis.Redis.from_url(url or self.default_url)
+        pool = redis.BlockingConnectionPool.from_url(
+            url or self.default_url, max_connections=self.max_connections, timeout=self.pool_timeout
+        )
+        self.client = redis.Redis(connection_pool=pool)
         self._index = self.prefix + "index"  # not an id (40 hex digits): no clash
 
     def _key(self, sid: str) -> str:

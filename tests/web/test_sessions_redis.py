@@ -250,3 +250,22 @@ def test_login_on_one_process_is_seen_by_another(redis_server: Any, tmp_path: Pa
     for i in range(len(procs)):
         output = (tmp_path / f"app{i}.log").read_text(encoding="utf-8", errors="replace")
         assert "Traceback" not in output, output
+
+
+def test_a_burst_beyond_the_pool_waits_for_a_connection_instead_of_failing(redis_server: Any) -> None:
+    """redis-py's own pool refuses past 100 connections (MaxConnectionsError, which the
+    soak saw as 500s and 1011 closes with a thousand sockets); the store's bounded pool
+    makes the 150th caller wait for a free connection instead."""
+    import gevent
+
+    from rtserver.web.session_redis import RedisSession
+
+    store = RedisSession(url=redis_server.url)
+    try:
+        # Each call holds its connection for 0.2 s: 150 at once exceed any pool of 100.
+        calls = [gevent.spawn(store.client.blpop, "nothing-comes", 0.2) for _ in range(150)]
+        gevent.joinall(calls, timeout=30, raise_error=True)
+        assert all(call.successful() for call in calls)
+        assert store.client.connection_pool.max_connections == RedisSession.max_connections
+    finally:
+        store.client.connection_pool.disconnect()

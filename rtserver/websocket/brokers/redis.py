@@ -54,6 +54,10 @@ __all__ = ["RedisBroker"]
 
 log = logging.getLogger("rtserver.hub")
 
+#: Connections to Redis per process (one of them held by the pub/sub reader); callers
+#: beyond it wait up to hub.broker_timeout for a free one.
+_MAX_CONNECTIONS = 64
+
 # KEYS: counter, stream, pub/sub channel, events list. ARGV: kind, channel (JSON),
 # field, data, floor, now (ms), entries kept (of the stream or of the events list),
 # their ttl (ms), the counter's ttl (ms), the ttl (ms) of a channel that keeps no
@@ -190,7 +194,7 @@ class RedisBroker(Broker):
     # -- life cycle ------------------------------------------------------------------
 
     def start(self, sink: Sink) -> None:
-        from redis import Redis
+        from redis import BlockingConnectionPool, Redis
         from redis.backoff import NoBackoff
         from redis.retry import Retry
 
@@ -198,12 +202,18 @@ class RedisBroker(Broker):
         self._stopping = False
         timeout = self.options.timeout
         # No silent retries: a publish is not idempotent; callers see BrokerUnavailable.
-        self._client = Redis.from_url(
+        # A bounded pool whose callers wait for a free connection: redis-py's default
+        # pool refuses past 100 connections (8.0), and a thousand sockets publishing
+        # at once would then fail instead of queueing for a round trip.
+        pool = BlockingConnectionPool.from_url(
             self.url,
+            max_connections=_MAX_CONNECTIONS,
+            timeout=timeout,
             retry=Retry(NoBackoff(), 0),
             socket_timeout=timeout,
             socket_connect_timeout=timeout,
         )
+        self._client = Redis(connection_pool=pool)
         for name, source in (
             ("publish", _PUBLISH),
             ("heartbeat", _HEARTBEAT),
