@@ -71,8 +71,11 @@ def send_handshake(sock: socket.socket, port: int, path: str) -> None:
 
 
 def read_handshake(sock: socket.socket) -> bytes:
+    """Read the upgrade's response head; what came after it (the first frames)."""
     buf = b""
     while b"\r\n\r\n" not in buf:
+        if len(buf) > 16384:
+            raise ConnectionError("handshake response too long")
         chunk = sock.recv(4096)
         if not chunk:
             raise ConnectionError(f"closed during handshake: {buf[:80]!r}")

@@ -115,7 +115,7 @@ from benchmarks._common import (  # noqa: E402
     wait_port,
     write_json,
 )
-from benchmarks._wsclient import frame  # noqa: E402
+from benchmarks._wsclient import frame, read_handshake  # noqa: E402
 
 MIB = 2**20
 RSS_SLACK = (0.10, 8 * MIB)  # fraction, bytes: the larger of the two
@@ -249,19 +249,7 @@ def ws_handshake(sock: socket.socket, port: int, cookie: str) -> bytes:
             f"Cookie: {cookie}\r\n\r\n"
         ).encode()
     )
-    buf = b""
-    while b"\r\n\r\n" not in buf:
-        if len(buf) > 16384:
-            raise ConnectionError("handshake response too long")
-        chunk = sock.recv(4096)
-        if not chunk:
-            raise ConnectionError(f"closed during handshake: {buf[:80]!r}")
-        buf += chunk
-    head, _, rest = buf.partition(b"\r\n\r\n")
-    status = head.split(b"\r\n", 1)[0]
-    if b" 101 " not in status:
-        raise ConnectionError(f"upgrade refused: {status!r}")
-    return rest
+    return read_handshake(sock)
 
 
 def parse_frames(buf: bytearray) -> list[tuple[int, bytes]]:
