@@ -159,12 +159,15 @@ $("composer").addEventListener("submit", (event) => {
     showError(`Messages are at most ${maxMessage} characters (yours has ${text.length}).`);
     return;
   }
+  // Cleared now, not on the server's answer: what the user types meanwhile (the next
+  // message) must not be wiped by the previous one's acknowledgement.
+  input.value = "";
   current.channel.publish(text).then(
-    () => {
-      input.value = "";
-      showError("");
+    () => showError(""),
+    (err) => {
+      if (!input.value) input.value = text; // refused: give the text back to edit
+      showError(err.message);
     },
-    (err) => showError(err.message),
   );
 });
 
